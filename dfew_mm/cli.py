@@ -1,0 +1,130 @@
+"""`dfew_mm` command line: parses arguments and calls library functions, nothing more.
+
+Each subcommand is a pair `_add_<name>(subparsers)` / `_run_<name>(args)` registered in COMMANDS.
+Library imports happen inside the `_run_*` functions so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dfew_mm.errors import DfewMMError
+
+log = logging.getLogger("dfew_mm")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser(sub, name: str, help_text: str, *examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(*examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _parse_folds(text: str) -> tuple[int, ...]:
+    """'1-5' -> (1, 2, 3, 4, 5); '1,3' -> (1, 3)."""
+    folds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            folds.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"folds '{text}' should look like 1-5 or 1,3") from None
+    return tuple(folds)
+
+
+# -- folds ---------------------------------------------------------------------------------
+def _add_folds(sub) -> None:
+    p = _parser(sub, "folds", "Validate a DFEW copy and print per-fold clip counts and class distribution.",
+                "dfew_mm folds --dfew-root /data/DFEW",
+                "dfew_mm folds --splits-dir ../shared/data/dfew_splits")
+    p.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/ and EmoLabel_DataSplit/")
+    p.add_argument("--splits-dir", type=Path, help="folder with the split CSVs, if not under the root")
+    p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
+
+
+def _run_folds(args) -> int:
+    import pandas as pd
+
+    from dfew_mm.data.dfew import CLIP_DIR, fold_summary, index_clip_files, load_folds, unique_clips
+
+    folds = load_folds(args.dfew_root, args.splits_dir, args.folds)
+    clip_files = None
+    if args.dfew_root is not None:
+        clip_files = index_clip_files(args.dfew_root / CLIP_DIR)
+    table = fold_summary(folds, clip_files)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False))
+    ids = unique_clips(folds)
+    print(f"\n{len(folds)} folds over {len(ids):,} unique clips")
+    if clip_files is not None:
+        have = int(ids.isin(list(clip_files)).sum())
+        print(f"{have:,} of {len(ids):,} listed clips have a video file under {args.dfew_root / CLIP_DIR}")
+    return 0
+
+
+# -- synth ---------------------------------------------------------------------------------
+def _add_synth(sub) -> None:
+    p = _parser(sub, "synth", "Write a synthetic dataset in the exact DFEW layout (H.264 + AAC clips, split CSVs).",
+                "dfew_mm synth --out /tmp/synth --clips 60",
+                "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1")
+    p.add_argument("--out", type=Path, required=True, help="folder to create (DFEW root layout)")
+    p.add_argument("--clips", type=int, default=60, help="number of clips (default 60)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dark-share", type=float, default=0.3, help="share of low-light clips (default 0.3)")
+    p.add_argument("--seconds", type=float, default=2.0, help="clip length in seconds (default 2)")
+    p.add_argument("--workers", type=int, default=1, help="parallel encoder processes")
+
+
+def _run_synth(args) -> int:
+    from dfew_mm.data.synthetic import SynthConfig, generate_dataset
+
+    cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds)
+    summary = generate_dataset(args.out, cfg, workers=args.workers)
+    print(f"wrote {summary['clips']} clips ({summary['dark']} low-light) to {args.out}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "folds": (_add_folds, _run_folds),
+    "synth": (_add_synth, _run_synth),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfew_mm",
+        description="Multimodal (face video, body pose, audio) emotion recognition on DFEW.",
+        epilog=_examples("dfew_mm demo", "dfew_mm folds --dfew-root /data/DFEW",
+                         "dfew_mm <command> --help"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command][1](args)
+    except DfewMMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The DFEW protocol: split files, 5 folds, clip file index, and their validation.
+
+Layout: ROOT/Clip/original/<id>.mp4 and ROOT/EmoLabel_DataSplit/{train,test}(single-labeled)/set_k.csv
+with columns `video_name,label` and labels 1..7 (see constants.CLASSES). Clip ids are normalised to
+integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dfew_mm.constants import CLASSES, NUM_CLASSES
+from dfew_mm.errors import DatasetError
+
+SPLIT_DIRNAME = "EmoLabel_DataSplit"
+TRAIN_DIR = "train(single-labeled)"
+TEST_DIR = "test(single-labeled)"
+CLIP_DIR = Path("Clip") / "original"
+FOLDS = (1, 2, 3, 4, 5)
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".mpg", ".mpeg", ".webm", ".gif", ".m4v")
+EXPECTED_LAYOUT = (
+    "expected DFEW layout:\n"
+    "  ROOT/Clip/original/<id>.mp4\n"
+    f"  ROOT/{SPLIT_DIRNAME}/{TRAIN_DIR}/set_1.csv .. set_5.csv\n"
+    f"  ROOT/{SPLIT_DIRNAME}/{TEST_DIR}/set_1.csv .. set_5.csv\n"
+    "(CSV columns video_name,label; labels 1..7). Use --splits-dir if the split files live elsewhere."
+)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One DFEW fold. Frames are indexed by clip id (int) with a 0-based `label` column."""
+
+    k: int
+    train: pd.DataFrame
+    test: pd.DataFrame
+
+
+def normalise_clip_id(raw: object, source: str) -> int:
+    """'00042', '42', 42 and '42.mp4' all mean clip 42."""
+    text = str(raw).strip()
+    stem = Path(text).stem if Path(text).suffix.lower() in VIDEO_SUFFIXES else text
+    if not stem.isdigit():
+        raise DatasetError(f"{source}: clip name '{raw}' is not a DFEW clip number")
+    return int(stem)
+
+
+def read_split_csv(path: Path) -> pd.DataFrame:
+    """Read one split CSV into a frame indexed by clip id with a 0-based `label` column."""
+    if not path.is_file():
+        raise DatasetError(f"missing split file {path}\n{EXPECTED_LAYOUT}")
+    try:
+        raw = pd.read_csv(path, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not a readable CSV ({err})") from err
+    columns = [c.strip() for c in raw.columns]
+    if columns[:2] != ["video_name", "label"]:
+        raise DatasetError(f"{path}: columns are {columns}, expected video_name,label")
+    raw.columns = columns
+    raw = raw.dropna(how="all")
+    ids = [normalise_clip_id(v, str(path)) for v in raw["video_name"]]
+    labels = pd.to_numeric(raw["label"].str.strip(), errors="coerce")
+    bad = raw.loc[~labels.isin(range(1, NUM_CLASSES + 1)), ["video_name", "label"]]
+    if len(bad):
+        shown = ", ".join(f"{v}={lab}" for v, lab in bad.head(5).itertuples(index=False))
+        raise DatasetError(f"{path}: {len(bad)} labels outside 1..{NUM_CLASSES} (e.g. {shown})")
+    frame = pd.DataFrame({"clip_id": ids, "label": labels.astype(int).to_numpy() - 1})
+    dup = frame["clip_id"][frame["clip_id"].duplicated()].unique()
+    if len(dup):
+        raise DatasetError(f"{path}: {len(dup)} clip ids listed twice (e.g. {', '.join(map(str, dup[:5]))})")
+    return frame.set_index("clip_id")
+
+
+def splits_dir_for(dfew_root: Path | None, splits_dir: Path | None) -> Path:
+    """Where the EmoLabel_DataSplit folder is; accepts the folder itself or its parent."""
+    base = Path(splits_dir) if splits_dir else (Path(dfew_root) / SPLIT_DIRNAME if dfew_root else None)
+    if base is None:
+        raise DatasetError("give --dfew-root or --splits-dir")
+    if (base / SPLIT_DIRNAME).is_dir():
+        base = base / SPLIT_DIRNAME
+    if not base.is_dir():
+        raise DatasetError(f"split folder {base} does not exist\n{EXPECTED_LAYOUT}")
+    for sub in (TRAIN_DIR, TEST_DIR):
+        if not (base / sub).is_dir():
+            raise DatasetError(f"{base} has no '{sub}' folder\n{EXPECTED_LAYOUT}")
+    return base
+
+
+def load_fold(k: int, dfew_root: Path | None = None, splits_dir: Path | None = None) -> Fold:
+    if k not in FOLDS:
+        raise DatasetError(f"fold {k} does not exist: DFEW has folds {FOLDS[0]}..{FOLDS[-1]}")
+    base = splits_dir_for(dfew_root, splits_dir)
+    train_path, test_path = base / TRAIN_DIR / f"set_{k}.csv", base / TEST_DIR / f"set_{k}.csv"
+    train, test = read_split_csv(train_path), read_split_csv(test_path)
+    overlap = train.index.intersection(test.index)
+    if len(overlap):
+        raise DatasetError(
+            f"fold {k}: {len(overlap)} clips are in both {train_path.name} (train) and "
+            f"{test_path.name} (test), e.g. {', '.join(map(str, overlap[:5]))}; the split files are corrupt"
+        )
+    return Fold(k, train, test)
+
+
+def load_folds(dfew_root: Path | None = None, splits_dir: Path | None = None,
+               folds: tuple[int, ...] = FOLDS) -> list[Fold]:
+    return [load_fold(k, dfew_root, splits_dir) for k in folds]
+
+
+def index_clip_files(clips_dir: Path) -> dict[int, Path]:
+    """Map clip id -> video file for a folder of `<id>.<ext>` files (ids normalised)."""
+    if not clips_dir.is_dir():
+        raise DatasetError(f"clip folder {clips_dir} does not exist\n{EXPECTED_LAYOUT}")
+    index: dict[int, Path] = {}
+    for path in sorted(clips_dir.iterdir()):
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.stem.isdigit():
+            clip_id = int(path.stem)
+            if clip_id in index:
+                raise DatasetError(f"{clips_dir}: clip {clip_id} exists twice ({index[clip_id].name}, {path.name})")
+            index[clip_id] = path
+    return index
+
+
+def fold_summary(folds: list[Fold], clip_files: dict[int, Path] | None) -> pd.DataFrame:
+    """Per fold and split: clip counts, class distribution, and how many have a video file."""
+    rows = []
+    for fold in folds:
+        for split, frame in (("train", fold.train), ("test", fold.test)):
+            counts = np.bincount(frame["label"], minlength=NUM_CLASSES)
+            row = {"fold": fold.k, "split": split, "clips": len(frame)}
+            row.update({name: int(c) for name, c in zip(CLASSES, counts)})
+            if clip_files is not None:
+                row["with_video"] = int(frame.index.isin(list(clip_files)).sum())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def unique_clips(folds: list[Fold]) -> pd.Index:
+    return pd.Index(sorted(set().union(*(set(f.train.index) | set(f.test.index) for f in folds))))

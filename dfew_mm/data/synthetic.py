@@ -1,0 +1,287 @@
+"""Synthetic DFEW: real H.264/AAC clips of a drawn person, in the exact DFEW layout.
+
+Every clip carries its class through three independent cues, so each modality can be tested:
+  face   expression (mouth curve and opening, brow angle, eye opening) that MediaPipe detects;
+  pose   arm posture and head tilt of a drawn upper body;
+  audio  a voiced tone whose pitch, syllable rate, glide and vibrato depend on the class.
+Each cue is shown with a per-clip strength and, with probability `confusion`, shows another
+class, so no single modality is perfect and fusion has something to add. A `dark_share` of the
+clips is filmed in low light (gain, gamma, sensor noise): the small facial strokes drown in
+noise and compression while the large body shapes and the audio survive.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from dfew_mm.constants import CLASSES, NUM_CLASSES
+from dfew_mm.data.dfew import CLIP_DIR, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
+
+WIDTH, HEIGHT = 320, 240  # px
+FPS = 24
+AUDIO_RATE = 44_100  # Hz, like the DFEW originals
+N_FOLDS = 5
+
+# Per-class cue parameters. Face: mouth curve (+ smile), mouth open (0..1), brow tilt
+# (+ inner ends down, angry), brow raise (px), eye open (1 normal). Pose: wrist targets
+# relative to the shoulders in shoulder widths (x outward, y down), head tilt (px down).
+FACE_CUES = {
+    "happy":    dict(curve=+1.0, open=0.25, tilt=0.0, raise_=0.0, eye=1.0),
+    "sad":      dict(curve=-0.9, open=0.0, tilt=-0.8, raise_=2.0, eye=0.7),
+    "neutral":  dict(curve=0.0, open=0.0, tilt=0.0, raise_=0.0, eye=1.0),
+    "angry":    dict(curve=-0.3, open=0.45, tilt=+1.0, raise_=-3.0, eye=0.8),
+    "surprise": dict(curve=0.0, open=1.0, tilt=0.0, raise_=8.0, eye=1.5),
+    "disgust":  dict(curve=-0.6, open=0.15, tilt=+0.5, raise_=-2.0, eye=0.5),
+    "fear":     dict(curve=-0.4, open=0.6, tilt=-1.0, raise_=6.0, eye=1.4),
+}
+POSE_CUES = {  # (left wrist dx, dy), (right wrist dx, dy), head drop
+    "happy":    ((1.0, -1.6), (1.0, -1.6), 0.0),
+    "sad":      ((0.1, 1.9), (0.1, 1.9), 14.0),
+    "neutral":  ((0.3, 1.9), (0.3, 1.9), 0.0),
+    "angry":    ((0.2, 0.4), (0.2, 0.4), 4.0),
+    "surprise": ((0.1, -1.2), (0.1, -1.2), -4.0),
+    "disgust":  ((1.9, 0.0), (0.3, 1.9), 6.0),
+    "fear":     ((-0.7, 0.6), (-0.7, 0.6), 8.0),
+}
+AUDIO_CUES = {  # f0 (Hz), syllables/s, glide (octaves over a syllable), vibrato depth, loudness
+    "happy":    dict(f0=260.0, rate=5.0, glide=+0.3, vibrato=0.0, gain=0.6),
+    "sad":      dict(f0=130.0, rate=2.0, glide=-0.2, vibrato=0.0, gain=0.25),
+    "neutral":  dict(f0=180.0, rate=3.5, glide=0.0, vibrato=0.0, gain=0.4),
+    "angry":    dict(f0=210.0, rate=6.5, glide=-0.1, vibrato=0.0, gain=0.9),
+    "surprise": dict(f0=300.0, rate=2.5, glide=+0.8, vibrato=0.0, gain=0.7),
+    "disgust":  dict(f0=150.0, rate=3.0, glide=-0.5, vibrato=0.0, gain=0.45),
+    "fear":     dict(f0=280.0, rate=4.5, glide=0.0, vibrato=0.06, gain=0.5),
+}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    clips: int = 60
+    seed: int = 0
+    dark_share: float = 0.3  # share of low-light clips
+    seconds: float = 2.0
+    confusion: float = 0.12  # per modality: chance that a clip shows another class's cue
+    dark_gain: tuple[float, float] = (0.10, 0.18)  # low-light exposure gain range
+    dark_noise: float = 7.0  # sensor noise std in 0..255 after the gain
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    clip_id: int
+    label: int  # 0-based
+    dark: bool
+    face_class: int  # the class each modality shows (== label unless confused)
+    pose_class: int
+    audio_class: int
+    strength: float  # cue strength 0.5..1
+    seed: int
+
+
+def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
+    """Balanced labels, a fixed dark share, and per-modality confusions, all from the seed."""
+    rng = np.random.default_rng(cfg.seed)
+    labels = np.arange(cfg.clips) % NUM_CLASSES
+    rng.shuffle(labels)
+    dark = np.zeros(cfg.clips, bool)
+    dark[rng.permutation(cfg.clips)[: round(cfg.dark_share * cfg.clips)]] = True
+
+    def shown(label: int) -> int:
+        if rng.random() < cfg.confusion:
+            return int(rng.choice([c for c in range(NUM_CLASSES) if c != label]))
+        return int(label)
+
+    return [
+        ClipSpec(i + 1, int(lab), bool(dark[i]), shown(lab), shown(lab), shown(lab),
+                 float(rng.uniform(0.6, 1.0)), int(rng.integers(2**31)))
+        for i, lab in enumerate(labels)
+    ]
+
+
+# -- drawing ---------------------------------------------------------------------------------
+def _draw_person(draw: ImageDraw.ImageDraw, rng_look: dict, face: dict, pose: tuple, s: float,
+                 t: float) -> None:
+    """One frame of the drawn person; `s` scales the cues, `t` (0..1) animates them."""
+    cx = WIDTH / 2 + rng_look["dx"] + 3 * math.sin(2 * math.pi * 0.7 * t * 2)
+    head_drop = pose[2] * s
+    head = (cx, 62 + rng_look["dy"] + head_drop)  # centre of the face
+    hw, hh = 27 * rng_look["scale"], 34 * rng_look["scale"]
+    shoulder_y = 128 + rng_look["dy"]
+    half = 46 * rng_look["scale"]  # half shoulder width
+    skin, shirt, hair = rng_look["skin"], rng_look["shirt"], rng_look["hair"]
+
+    # torso and neck
+    draw.polygon([(cx - half, shoulder_y), (cx + half, shoulder_y), (cx + half * 0.85, HEIGHT),
+                  (cx - half * 0.85, HEIGHT)], fill=shirt)
+    draw.rectangle([cx - 9, head[1] + hh - 6, cx + 9, shoulder_y + 2], fill=skin)
+    # arms: shoulder -> elbow -> wrist; wrist target from the pose cue, with a small wave
+    wave = 0.15 * math.sin(2 * math.pi * 1.5 * t * 2)
+    for side, (tx, ty) in ((-1, pose[0]), (+1, pose[1])):
+        sx, sy = cx + side * half, shoulder_y + 4
+        rest = np.array([0.3, 1.9])
+        target = rest + s * (np.array([tx, ty]) - rest) + np.array([0.0, wave])
+        wx, wy = sx + side * target[0] * 2 * half * 0.8, sy + target[1] * 2 * half * 0.55
+        ex, ey = (sx + wx) / 2 + side * 14, (sy + wy) / 2 + 6
+        draw.line([(sx, sy), (ex, ey)], fill=shirt, width=16)
+        draw.line([(ex, ey), (wx, wy)], fill=skin, width=12)
+        draw.ellipse([wx - 8, wy - 8, wx + 8, wy + 8], fill=skin)
+
+    # head: hair, face, ears
+    draw.ellipse([head[0] - hw - 3, head[1] - hh - 6, head[0] + hw + 3, head[1] + hh * 0.4], fill=hair)
+    draw.ellipse([head[0] - hw, head[1] - hh, head[0] + hw, head[1] + hh], fill=skin)
+    for side in (-1, 1):
+        draw.ellipse([head[0] + side * hw - 5, head[1] - 6, head[0] + side * hw + 5, head[1] + 8], fill=skin)
+
+    feature = rng_look["feature"]
+    eye_y = head[1] - 6
+    eye_open = 1 + s * (face["eye"] - 1)
+    for side in (-1, 1):  # eyes with pupils, then brows
+        ex = head[0] + side * 11
+        draw.ellipse([ex - 7, eye_y - 4 * eye_open, ex + 7, eye_y + 4 * eye_open], fill=(235, 235, 235))
+        draw.ellipse([ex - 3, eye_y - 3, ex + 3, eye_y + 3], fill=feature)
+        brow_y = eye_y - 10 - s * face["raise_"]
+        tilt = s * face["tilt"] * 4 * (1.4 if side < 0 and face is FACE_CUES["disgust"] else 1)
+        inner, outer = head[0] + side * 4, head[0] + side * 18
+        draw.line([(inner, brow_y + tilt), (outer, brow_y - tilt)], fill=feature, width=3)
+    draw.line([(head[0], head[1] - 2), (head[0] - 2, head[1] + 8)], fill=feature, width=2)  # nose
+
+    mouth_y, mw = head[1] + 18, 12
+    curve = s * face["curve"] * 7
+    opening = s * face["open"] * 10 * (1 + 0.2 * math.sin(2 * math.pi * 3 * t))
+    pts = [(head[0] + x, mouth_y - curve * (1 - (x / mw) ** 2) + curve) for x in np.linspace(-mw, mw, 9)]
+    if opening > 1.5:
+        lower = [(x, y + opening * (1 - ((x - head[0]) / mw) ** 2)) for x, y in reversed(pts)]
+        draw.polygon(pts + lower, fill=(90, 30, 35), outline=feature)
+    else:
+        draw.line(pts, fill=feature, width=3)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A smooth two-colour gradient with texture, (H, W, 3) float."""
+    a, b = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
+    ramp = np.linspace(0, 1, WIDTH)[None, :, None] * np.ones((HEIGHT, 1, 1))
+    texture = rng.normal(0, 6, (HEIGHT // 8 + 1, WIDTH // 8 + 1, 1)).repeat(8, 0).repeat(8, 1)
+    return a + (b - a) * ramp + texture[:HEIGHT, :WIDTH]
+
+
+def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of one clip."""
+    rng = np.random.default_rng(spec.seed)
+    look = {
+        "dx": rng.uniform(-30, 30), "dy": rng.uniform(-6, 6), "scale": rng.uniform(0.9, 1.1),
+        "skin": tuple(int(v) for v in rng.uniform([170, 120, 90], [235, 195, 165])),
+        "shirt": tuple(int(v) for v in rng.uniform(20, 235, 3)),
+        "hair": tuple(int(v) for v in rng.uniform(10, 90, 3)),
+        "feature": tuple(int(v) for v in rng.uniform(20, 60, 3)),
+    }
+    background = _background(rng)
+    face, pose = FACE_CUES[CLASSES[spec.face_class]], POSE_CUES[CLASSES[spec.pose_class]]
+    n = max(1, round(cfg.seconds * FPS))
+    gain = rng.uniform(*cfg.dark_gain)
+    frames = np.empty((n, HEIGHT, WIDTH, 3), np.uint8)
+    for i in range(n):
+        image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+        _draw_person(ImageDraw.Draw(image), look, face, pose, spec.strength, i / max(n - 1, 1))
+        pixels = np.asarray(image, np.float32)
+        if spec.dark:  # low light: exposure gain, a gamma lift, then sensor noise
+            pixels = 255 * (gain * pixels / 255) ** 1.1 + rng.normal(0, cfg.dark_noise, pixels.shape)
+        else:
+            pixels += rng.normal(0, 2.0, pixels.shape)
+        frames[i] = np.clip(pixels, 0, 255).astype(np.uint8)
+    return frames
+
+
+def render_audio(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
+    """(2, N) float32 stereo voice-like signal at AUDIO_RATE."""
+    rng = np.random.default_rng(spec.seed + 1)
+    cue = AUDIO_CUES[CLASSES[spec.audio_class]]
+    neutral = AUDIO_CUES["neutral"]
+    s = spec.strength
+    mix = {k: neutral[k] + s * (cue[k] - neutral[k]) for k in cue}
+    t = np.arange(round(cfg.seconds * AUDIO_RATE)) / AUDIO_RATE
+    rate = mix["rate"] * rng.uniform(0.9, 1.1)
+    phase_in_syllable = (t * rate) % 1.0
+    f0 = mix["f0"] * rng.uniform(0.92, 1.08) * 2 ** (mix["glide"] * phase_in_syllable)
+    f0 = f0 * (1 + mix["vibrato"] * np.sin(2 * np.pi * 7 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / AUDIO_RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = np.sin(np.pi * phase_in_syllable) ** 2 * (phase_in_syllable < 0.8)
+    signal = mix["gain"] * 0.3 * voice * envelope + rng.normal(0, 0.01, t.shape)
+    return np.stack([signal, signal]).astype(np.float32)
+
+
+# -- writing ---------------------------------------------------------------------------------
+def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
+    """H.264 (yuv420p) video and AAC stereo audio in an MP4 container, written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(tmp), "w") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.options = {"preset": "veryfast", "crf": "23"}
+        sound = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        chunk = 1024  # AAC frame size
+        for start in range(0, audio.shape[1], chunk):
+            piece = np.ascontiguousarray(audio[:, start:start + chunk])
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="stereo")
+            frame.sample_rate = AUDIO_RATE
+            for packet in sound.encode(frame):
+                container.mux(packet)
+        for packet in sound.encode():
+            container.mux(packet)
+    tmp.replace(path)
+
+
+def _make_clip(args: tuple[ClipSpec, SynthConfig, Path]) -> None:
+    spec, cfg, clip_dir = args
+    write_clip(clip_dir / f"{spec.clip_id:05d}.mp4", render_frames(spec, cfg), render_audio(spec, cfg))
+
+
+def write_splits(root: Path, specs: list[ClipSpec], seed: int) -> None:
+    """Five folds like DFEW's: each clip is in the test set of exactly one fold (stratified)."""
+    rng = np.random.default_rng(seed + 7)
+    fold_of = np.empty(len(specs), int)
+    position = 0  # runs on across classes so that small datasets fill every fold
+    for label in range(NUM_CLASSES):
+        members = [i for i, s in enumerate(specs) if s.label == label]
+        rng.shuffle(members)
+        for i in members:
+            fold_of[i] = position % N_FOLDS
+            position += 1
+    table = pd.DataFrame({"video_name": [f"{s.clip_id:05d}" for s in specs],
+                          "label": [s.label + 1 for s in specs]})
+    for k in range(N_FOLDS):
+        for sub, mask in ((TRAIN_DIR, fold_of != k), (TEST_DIR, fold_of == k)):
+            out = root / SPLIT_DIRNAME / sub
+            out.mkdir(parents=True, exist_ok=True)
+            table[mask].to_csv(out / f"set_{k + 1}.csv", index=False)
+
+
+def generate_dataset(root: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
+    """Write clips, split files and `synth_truth.csv` (what each modality shows) under root."""
+    root = Path(root)
+    clip_dir = root / CLIP_DIR
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    specs = plan_clips(cfg)
+    jobs = [(s, cfg, clip_dir) for s in specs]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_make_clip, jobs))
+    else:
+        for job in jobs:
+            _make_clip(job)
+    write_splits(root, specs, cfg.seed)
+    truth = pd.DataFrame([asdict(s) for s in specs])
+    truth.to_csv(root / "synth_truth.csv", index=False)
+    return {"clips": len(specs), "dark": int(truth["dark"].sum())}
