@@ -1,0 +1,55 @@
+"""classification_metrics against hand-computed values and scikit-learn's balanced accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from dfew_mm.constants import CLASSES
+from dfew_mm.metrics import classification_metrics, format_metrics
+
+
+def test_hand_computed_values():
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 0, 0, 1, 1, 0, 2, 2, 0, 0]
+    m = classification_metrics(y_true, y_pred)
+    assert m["n"] == 10 and m["classes_present"] == 3
+    assert m["war"] == pytest.approx(6 / 10)
+    assert m["per_class_recall"]["happy"] == pytest.approx(3 / 4)
+    assert m["per_class_recall"]["sad"] == pytest.approx(1 / 2)
+    assert m["per_class_recall"]["neutral"] == pytest.approx(2 / 4)
+    assert m["uar"] == pytest.approx((3 / 4 + 1 / 2 + 2 / 4) / 3)
+    assert m["uar"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert math.isnan(m["per_class_recall"]["fear"])
+    assert list(m["per_class_recall"]) == list(CLASSES)
+    confusion = np.array(m["confusion"])
+    assert confusion.shape == (7, 7) and confusion.sum() == 10
+    assert confusion[0, 0] == 3 and confusion[2, 0] == 2 and confusion[1, 0] == 1
+    assert "UAR  58.3" in format_metrics(m)
+
+
+def test_matches_balanced_accuracy_when_all_classes_present():
+    rng = np.random.default_rng(0)
+    y_true = np.concatenate([np.arange(7), rng.integers(0, 7, 200)])
+    y_pred = np.where(rng.random(y_true.size) < 0.6, y_true, rng.integers(0, 7, y_true.size))
+    m = classification_metrics(y_true, y_pred)
+    assert m["uar"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert m["classes_present"] == 7
+
+
+def test_prediction_of_absent_class_counts_as_error():
+    m = classification_metrics([0, 0], [0, 6])
+    assert m["uar"] == pytest.approx(0.5) and m["war"] == pytest.approx(0.5)
+    assert m["confusion"][0][6] == 1
+
+
+def test_empty_and_invalid_input():
+    empty = classification_metrics([], [])
+    assert empty["n"] == 0 and math.isnan(empty["uar"])
+    with pytest.raises(ValueError, match="outside"):
+        classification_metrics([0, 7], [0, 0])
+    with pytest.raises(ValueError, match="labels"):
+        classification_metrics([0, 1], [0])
