@@ -252,3 +252,52 @@ def save_figure(fig, folder: str | Path, name: str) -> Path:
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
+
+
+# -- headless execution ------------------------------------------------------------------------
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "low_light_analysis.ipynb"
+
+
+def execute_notebook(predictions_dir: str | Path, out_dir: str | Path, notebook: str | Path = NOTEBOOK,
+                     timeout: int = 600, **parameters) -> tuple[Path, Path]:
+    """Run the analysis notebook headless on a predictions folder; returns (executed .ipynb, .html).
+
+    Parameters are injected papermill-style: a cell tagged `injected-parameters` after the cell
+    tagged `parameters`, so papermill itself can run the same notebook. Figures go to
+    `out_dir/figures` unless `figures_dir` is given.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    notebook, out_dir = Path(notebook), Path(out_dir)
+    if not notebook.is_file():
+        raise DfewMMError(f"notebook {notebook} not found (it ships in the repository's notebooks/ folder)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values = {"predictions_dir": str(Path(predictions_dir).resolve()),
+              "figures_dir": str((out_dir / "figures").resolve()), **parameters}
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.insert(_parameters_index(nb) + 1, nbformat.v4.new_code_cell(
+        "# Injected parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items()),
+        metadata={"tags": ["injected-parameters"]}))
+    executed = out_dir / notebook.name
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(out_dir)}})
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        nbformat.write(nb, executed)
+        raise DfewMMError(f"notebook {notebook.name} failed (partial output in {executed}):\n{err}") from err
+    nbformat.write(nb, executed)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    html_path = executed.with_suffix(".html")
+    html_path.write_text(html, encoding="utf-8")
+    return executed, html_path
+
+
+def _parameters_index(nb) -> int:
+    for i, cell in enumerate(nb.cells):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return i
+    raise DfewMMError("the notebook has no cell tagged 'parameters'")
