@@ -90,9 +90,76 @@ def _run_synth(args) -> int:
     return 0
 
 
+# -- evaluate --------------------------------------------------------------------------------
+def _add_evaluate(sub) -> None:
+    p = _parser(sub, "evaluate", "Evaluate a checkpoint on a fold: predictions CSV (one row per clip) + metrics JSON.",
+                "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --fold 1 --out preds/f1.csv",
+                "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --modalities video+pose "
+                "--darken 0,0.25,0.5,0.75,1 --out preds/f1_vp.csv")
+    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.pt from `dfew_mm train`")
+    p.add_argument("--store", type=Path, required=True, help="feature store from preprocess/extract.py")
+    p.add_argument("--fold", type=int, help="DFEW fold 1..5 (default: the fold the run trained on)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--modalities", help="subset of the trained modalities, e.g. video or video+pose (default: all)")
+    p.add_argument("--darken", default="0",
+                   help="low-light strength(s) for the face frames, 0..1: 0.5, a list 0,0.5,1 or a range 0:1:0.25 "
+                        "(one evaluation pass each; default 0 = original frames)")
+    p.add_argument("--out", type=Path, required=True, help="predictions CSV; metrics go to <stem>.metrics.json")
+    p.add_argument("--dfew-root", type=Path, help="DFEW root for the fold lists (default: the run's config)")
+    p.add_argument("--splits-dir", type=Path, help="split CSV folder (default: the run's config)")
+    p.add_argument("--allow-missing", action="store_true", help="leave out fold clips missing from the store")
+    p.add_argument("--batch-size", type=int, help="default: the run's batch size")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+
+
+def _run_evaluate(args) -> int:
+    from dfew_mm.evaluate import evaluate, metrics_path_for
+    from dfew_mm.metrics import format_metrics
+
+    result = evaluate(args.checkpoint, args.store, args.fold, args.split, args.modalities, args.darken, args.out,
+                      dfew_root=args.dfew_root, splits_dir=args.splits_dir, allow_missing=args.allow_missing,
+                      batch_size=args.batch_size, num_workers=args.workers)
+    for p in result["passes"]:
+        print(f"{p['modalities']:<18} {p['perturbation']:<12} {format_metrics(p)}")
+    print(f"predictions: {args.out}\nmetrics:     {metrics_path_for(args.out)}")
+    return 0
+
+
+# -- predict ---------------------------------------------------------------------------------
+def _add_predict(sub) -> None:
+    p = _parser(sub, "predict", "Predict the emotion of new video clips (extraction runs in memory).",
+                "dfew_mm predict clip.mp4 --checkpoint runs/f1/best.pt",
+                "dfew_mm predict a.mp4 b.flv --checkpoint runs/f1/best.pt --json --assets-dir models/")
+    p.add_argument("clips", nargs="+", type=Path, metavar="CLIP", help="video files")
+    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.pt from `dfew_mm train`")
+    p.add_argument("--modalities", help="subset of the trained modalities (default: all)")
+    p.add_argument("--top", type=int, default=3, help="emotions to show per clip (default 3)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of per-clip results")
+    p.add_argument("--assets-dir", type=Path, help="folder with the MediaPipe model files (or set DFEW_MM_ASSETS)")
+
+
+def _run_predict(args) -> int:
+    import json
+
+    from dfew_mm.predict import format_result, predict_clips
+
+    results = predict_clips(args.clips, args.checkpoint, args.assets_dir, args.modalities, args.top)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            print(format_result(result))
+    failed = sum(not r["ok"] for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} clips could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "folds": (_add_folds, _run_folds),
     "synth": (_add_synth, _run_synth),
+    "evaluate": (_add_evaluate, _run_evaluate),
+    "predict": (_add_predict, _run_predict),
 }
 
 

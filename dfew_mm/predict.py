@@ -1,0 +1,91 @@
+"""Emotion prediction on new videos: in-memory extraction (no feature store) and a trained model.
+
+Each file goes through the same clip worker as `preprocess/extract.py` (decode, face, pose, audio),
+then through the dataset's resampling and the model. A file that cannot be read gets an error
+entry naming the reason; the other files still get predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dfew_mm.constants import CLASSES
+from dfew_mm.data.dataset import ClipDataset
+
+log = logging.getLogger(__name__)
+
+
+class InMemoryClips(ClipDataset):
+    """ClipDataset over arrays held in memory instead of a feature store (same resampling and masks)."""
+
+    def __init__(self, arrays: dict[str, dict[str, np.ndarray]], data_cfg, modalities: Sequence[str]):
+        ids = list(arrays)
+        super().__init__(None, ids, np.zeros(len(ids), dtype=np.int64), data_cfg, modalities, train=False)
+        self._clips = arrays
+
+    def _arrays(self, clip_id: str) -> dict[str, np.ndarray]:
+        return self._clips[clip_id]
+
+
+def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_dir: str | Path | None = None,
+                  modalities: str | Sequence[str] | None = None, top_k: int = 3) -> list[dict]:
+    """One result dict per input path, in order.
+
+    Success: {"clip", "ok": True, "top": [{"emotion", "prob"}, ...], "probs": {class: p},
+    "modalities", "quality": {face_rate, pose_rate, has_audio, face_luma_mean, luma_mean, note}}.
+    Failure: {"clip", "ok": False, "error": reason}.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from dfew_mm.data.dataset import collate
+    from dfew_mm.evaluate import modality_label, parse_modalities
+    from dfew_mm.extract.worker import ClipExtractor, ExtractOptions, resolve_models
+    from dfew_mm.train import load_checkpoint
+
+    model, cfg, _ = load_checkpoint(checkpoint, map_location="cpu")
+    model.eval()
+    mods = parse_modalities(modalities, cfg.model.modalities)
+    options = ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size)
+    extractor = ClipExtractor(options, resolve_models(options, assets_dir))
+    results = []
+    try:
+        for raw in tqdm(paths, desc="predict", unit="clip", disable=len(paths) < 2):
+            path = Path(raw)
+            if not path.is_file():
+                results.append({"clip": str(path), "ok": False,
+                                "error": f"{path} does not exist or is not a file"})
+                continue
+            record, arrays = extractor.extract(path.stem, path)
+            if arrays is None:
+                results.append({"clip": str(path), "ok": False,
+                                "error": f"cannot read {path}: {record['error']}"})
+                continue
+            batch = collate([InMemoryClips({path.stem: arrays}, cfg.data, mods)[0]])
+            with torch.inference_mode():
+                probs = torch.softmax(model(batch, modalities=mods).float(), dim=-1)[0].numpy()  # (7,)
+            order = np.argsort(-probs)[:top_k]
+            results.append({
+                "clip": str(path), "ok": True, "modalities": modality_label(mods),
+                "top": [{"emotion": CLASSES[i], "prob": round(float(probs[i]), 4)} for i in order],
+                "probs": {c: round(float(p), 4) for c, p in zip(CLASSES, probs)},
+                "quality": {k: record.get(k) for k in ("face_rate", "pose_rate", "has_audio", "luma_mean",
+                                                       "face_luma_mean")} | {"note": record.get("error", "")},
+            })
+    finally:
+        extractor.close()
+    return results
+
+
+def format_result(result: dict) -> str:
+    """'clip.mp4: happy 0.62  surprise 0.21  neutral 0.07  (face 100%, pose 94%, audio yes)'."""
+    if not result["ok"]:
+        return f"{result['clip']}: error: {result['error']}"
+    top = "  ".join(f"{t['emotion']} {t['prob']:.2f}" for t in result["top"])
+    q = result["quality"]
+    audio = "yes" if q["has_audio"] else "no"
+    return f"{result['clip']}: {top}  (face {q['face_rate']:.0%}, pose {q['pose_rate']:.0%}, audio {audio})"
