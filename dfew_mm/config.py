@@ -46,6 +46,7 @@ class VideoEncoderConfig:
     pretrained: bool = True  # ImageNet weights from torchvision
     checkpoint: str = ""  # optional face-pretrained state dict (e.g. MS-Celeb ResNet-18)
     freeze: str = "none"  # none | all | all_but_last
+    input_size: int = 0  # px the faces are resized to on device before the ResNet; 0 = as stored
 
 
 @dataclass
@@ -65,6 +66,7 @@ class AudioEncoderConfig:
     num_layers: int = 12
     num_heads: int = 12
     intermediate_size: int = 3072
+    max_length: int = 512  # filterbank frames the AST sees (input padded/cropped); >= data.audio_frames
     tokens_per_second: float = 4.0  # AST patch tokens are pooled to this rate for fusion
 
 
@@ -190,6 +192,9 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if not 1 <= cfg.data.fold <= 5:
         raise ConfigError(f"data.fold={cfg.data.fold}: DFEW has folds 1..5")
+    if "audio" in mods and cfg.data.audio_frames > cfg.model.audio.max_length:
+        raise ConfigError(f"data.audio_frames={cfg.data.audio_frames} exceeds model.audio.max_length="
+                          f"{cfg.model.audio.max_length}: raise model.audio.max_length or lower data.audio_frames")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be between 0 and 1")
 

@@ -1,0 +1,87 @@
+"""Temporal transformer fusion over the tokens of the active modalities, and the classifier heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfew_mm.config import FusionConfig
+from dfew_mm.constants import NUM_CLASSES
+
+TIME_UNIT_S = 0.01  # timestamps are embedded in 10 ms steps, so 10 ms apart is resolvable
+
+
+def time_embedding(seconds: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of real timestamps: (...,) seconds -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=seconds.device) / half)  # (dim/2,)
+    angles = (seconds.float() / TIME_UNIT_S).unsqueeze(-1) * freqs  # (..., dim/2)
+    emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return F.pad(emb, (0, dim - 2 * half))
+
+
+class ArcFaceHead(nn.Module):
+    """Additive angular margin: logits s*cos(theta), with cos(theta + m) for the true class in training."""
+
+    def __init__(self, dim: int, margin: float, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(NUM_CLASSES, dim))
+        nn.init.xavier_uniform_(self.weight)
+        self.margin, self.scale = margin, scale
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cosine = F.linear(F.normalize(x.float()), F.normalize(self.weight.float()))  # (B, C)
+        if labels is None:
+            return self.scale * cosine
+        theta = torch.acos(cosine.clamp(-1 + 1e-6, 1 - 1e-6))
+        target = F.one_hot(labels, NUM_CLASSES).bool()
+        return self.scale * torch.where(target, torch.cos(theta + self.margin), cosine)
+
+
+class LinearHead(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(x)
+
+
+class TemporalFusion(nn.Module):
+    """Tokens of several modalities -> (B, dim) CLS feature.
+
+    Each token gets its modality embedding and the sinusoidal embedding of its timestamp in
+    seconds; padding and missing modalities are excluded through the key padding mask. The CLS
+    token is always valid, so a clip with no valid token at all still gives a finite output.
+    """
+
+    def __init__(self, cfg: FusionConfig, n_modalities: int):
+        super().__init__()
+        self.dim = cfg.dim
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.modality_embedding = nn.Embedding(n_modalities, cfg.dim)
+        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.cls, std=0.02)
+
+    def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], times: list[torch.Tensor],
+                modality_ids: list[int]) -> torch.Tensor:
+        parts = []
+        for x, t, m in zip(tokens, times, modality_ids):  # x (B, T_m, dim), t (B, T_m)
+            parts.append(x + self.modality_embedding.weight[m] + time_embedding(t, self.dim).to(x.dtype))
+        b = tokens[0].shape[0]
+        x = torch.cat([self.cls.expand(b, -1, -1).to(parts[0].dtype), *parts], dim=1)  # (B, 1 + sum T_m, dim)
+        valid = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), *masks], dim=1)
+        x = self.transformer(x, src_key_padding_mask=~valid)
+        return self.norm(x[:, 0])  # (B, dim)
+
+
+def build_head(cfg: FusionConfig) -> nn.Module:
+    if cfg.head == "arcface":
+        return ArcFaceHead(cfg.dim, cfg.arcface_margin, cfg.arcface_scale)
+    return LinearHead(cfg.dim)

@@ -1,0 +1,396 @@
+"""One training loop: AdamW + warmup/cosine, bf16 autocast and DDP on CUDA, gloo DDP on CPU,
+honest model selection on a validation split carved from the training fold, exact resume.
+
+Run directory (`train.out_dir`): config.yaml, environment.json, metrics.jsonl, tb/, last.pt,
+best.pt (highest validation UAR), test_metrics.json (test fold, best and last, written at the end)
+and excluded_clips.csv when `data.allow_missing` left clips out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from tqdm import tqdm
+
+from dfew_mm.config import ExperimentConfig, from_dict, git_sha, to_dict, write_run_record
+from dfew_mm.constants import NUM_CLASSES
+from dfew_mm.data.dataset import ClipDataset, batch_to, collate, fold_splits
+from dfew_mm.data.store import FeatureStore, atomic_write_bytes
+from dfew_mm.errors import ConfigError, DfewMMError
+from dfew_mm.metrics import classification_metrics, format_metrics
+from dfew_mm.models import EmotionModel, build_model, load_pretrained
+
+log = logging.getLogger(__name__)
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
+
+
+# -- distributed --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_pref: str) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on GPU, gloo on CPU. No-op for one process."""
+    cuda = torch.cuda.is_available() and device_pref != "cpu"
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return Dist(dist.get_rank() if world > 1 else 0, world, device)
+
+
+def gather(obj, d: Dist) -> list:
+    if d.world == 1:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+# -- data ---------------------------------------------------------------------------------------
+class BalancedSampler(Sampler[int]):
+    """Class-balanced sampling with replacement, seeded per epoch and sharded over ranks."""
+
+    def __init__(self, labels: np.ndarray, rank: int, world: int, seed: int):
+        counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+        self.weights = torch.as_tensor(1.0 / counts[labels])
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
+        self.per_rank = math.ceil(len(labels) / world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=g)
+        return iter(draw[self.rank::self.world].tolist())
+
+
+def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist):
+    mods, seed = list(cfg.model.modalities), cfg.train.seed
+    train_set = ClipDataset(store, splits.train.ids, splits.train.labels, cfg.data, mods, train=True, seed=seed)
+    if cfg.train.class_balance == "sampler":
+        sampler = BalancedSampler(splits.train.labels, d.rank, d.world, seed)
+    else:
+        sampler = DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=seed, drop_last=d.world > 1)
+    common = dict(num_workers=cfg.data.num_workers, collate_fn=collate, pin_memory=d.device.type == "cuda",
+                  persistent_workers=cfg.data.num_workers > 0)
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=False,
+                              **common)
+
+    def eval_loader(split) -> DataLoader:  # every rank evaluates a disjoint shard; results are gathered
+        full = ClipDataset(store, split.ids, split.labels, cfg.data, mods, train=False, seed=seed)
+        return DataLoader(Subset(full, range(d.rank, len(full), d.world)), batch_size=cfg.train.batch_size,
+                          shuffle=False, **common)
+
+    return train_set, train_loader, eval_loader(splits.val), eval_loader(splits.test)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+@torch.inference_mode()
+def evaluate_loader(model: EmotionModel, loader: DataLoader, d: Dist, amp: bool) -> dict:
+    """Metrics over the union of all ranks' shards."""
+    model.eval()
+    ids, y_true, y_pred = [], [], []
+    for batch in loader:
+        batch = batch_to(batch, d.device)
+        with _autocast(d, amp):
+            logits = model(batch)  # (B, 7)
+        ids += batch["clip_id"]
+        y_true += batch["label"].tolist()
+        y_pred += logits.argmax(-1).tolist()
+    parts = gather((ids, y_true, y_pred), d)
+    y_true = [y for p in parts for y in p[1]]
+    y_pred = [y for p in parts for y in p[2]]
+    return classification_metrics(y_true, y_pred)
+
+
+def _autocast(d: Dist, amp: bool):
+    if d.device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def model_config_diff(saved: dict, current: dict, prefix: str = "model") -> list[str]:
+    """Dotted keys whose values differ between two model config dicts."""
+    diff = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += model_config_diff(a, b, f"{prefix}.{key}")
+        elif a != b:
+            diff.append(f"{prefix}.{key}: checkpoint {a!r}, requested {b!r}")
+    return diff
+
+
+def _read_checkpoint(path: Path, map_location) -> dict:
+    if not Path(path).is_file():
+        raise DfewMMError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated or foreign files fail in many ways
+        raise DfewMMError(f"{path} is not a readable dfew_mm checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise DfewMMError(f"{path} is not a dfew_mm checkpoint (expected keys 'model' and 'config')")
+    return ckpt
+
+
+def _load_weights(model: EmotionModel, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise DfewMMError(f"{path} does not match its model configuration: {err}") from err
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", model_cfg=None):
+    """(model in eval mode, ExperimentConfig, meta) from best.pt / last.pt.
+
+    With `model_cfg`, the checkpoint must come from that model configuration (else DfewMMError
+    listing the differing keys).
+    """
+    path = Path(path)
+    ckpt = _read_checkpoint(path, map_location)
+    cfg = from_dict(ckpt["config"])
+    if model_cfg is not None:
+        diff = model_config_diff(to_dict(cfg)["model"], dataclasses.asdict(model_cfg))
+        if diff:
+            raise DfewMMError(f"{path} was trained with a different model configuration: " + "; ".join(diff))
+    model = build_model(cfg.model)
+    _load_weights(model, ckpt["model"], path)
+    return model.eval(), cfg, ckpt.get("meta", {})
+
+
+# -- optimiser ----------------------------------------------------------------------------------
+def make_optimizer(model: EmotionModel, cfg: ExperimentConfig, steps_per_epoch: int):
+    """AdamW with a lower rate for pretrained encoders, no decay on biases and norms; warmup + cosine."""
+    slow = {id(p) for p in model.pretrained_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in slow, p.ndim >= 2), []).append(p)
+    t = cfg.train
+    opt = torch.optim.AdamW([{"params": ps, "lr": t.lr * (t.backbone_lr_scale if is_slow else 1.0),
+                              "weight_decay": t.weight_decay if decay else 0.0}
+                             for (is_slow, decay), ps in sorted(groups.items())], lr=t.lr, betas=(0.9, 0.999))
+    total = max(1, t.epochs * steps_per_epoch)
+    warmup = min(int(t.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _json_safe(value):
+    """NaN (recall of a class absent from a split) -> null, so the files are strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Inverse class frequency, mean 1 over the classes present."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# -- the loop -----------------------------------------------------------------------------------
+def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None) -> Path:
+    """Train one fold; returns the run directory. `stop_after_epochs` ends this call early
+    (for time-limited job slots); `resume=True` continues from the run directory's last.pt."""
+    d = setup_distributed(cfg.train.device)
+    run_dir = Path(cfg.train.out_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and not last_path.is_file():
+        raise DfewMMError(f"cannot resume: {last_path} does not exist")
+    if not resume and last_path.is_file():
+        raise DfewMMError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                          "or choose another train.out_dir")
+    torch.manual_seed(cfg.train.seed + d.rank)
+    np.random.seed(cfg.train.seed + d.rank)
+    random.seed(cfg.train.seed + d.rank)
+
+    store = FeatureStore(cfg.data.store)
+    splits = fold_splits(store, cfg.data, cfg.train.seed)
+    train_set, train_loader, val_loader, test_loader = make_loaders(cfg, store, splits, d)
+    log.info("fold %d: %d train, %d val, %d test clips; modalities %s; device %s x%d", cfg.data.fold,
+             len(splits.train.ids), len(splits.val.ids), len(splits.test.ids), ",".join(cfg.model.modalities),
+             d.device, d.world)
+
+    model = build_model(cfg.model)
+    if not resume:
+        load_pretrained(model, cfg.model)
+    model.modality_dropout = cfg.train.modality_dropout
+    model.to(d.device)
+    if d.device.type == "cuda" and cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch)
+    weights = class_weights(splits.train.labels).to(d.device) if cfg.train.class_balance == "weighted_loss" else None
+
+    start_epoch, best = 0, {"uar": -1.0, "epoch": -1}
+    if resume:
+        ckpt = _read_checkpoint(last_path, "cpu")
+        diff = model_config_diff(ckpt["config"]["model"], to_dict(cfg)["model"])
+        if diff:
+            raise DfewMMError(f"{last_path} was trained with a different model configuration: " + "; ".join(diff))
+        _load_weights(model, ckpt["model"], last_path)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, best = ckpt["meta"]["epoch"] + 1, ckpt["meta"]["best"]
+        _set_rng_state(ckpt["rng"][d.rank])
+        log.info("resumed %s at epoch %d (best val UAR %.3f at epoch %d)", last_path, start_epoch,
+                 best["uar"], best["epoch"])
+
+    net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
+        if d.world > 1 else model
+    step_fn = torch.compile(net) if cfg.train.compile else net
+    writer = None
+    if d.main:
+        write_run_record(run_dir, cfg)
+        if len(splits.excluded):
+            splits.excluded.to_csv(run_dir / "excluded_clips.csv", index=False)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"))
+
+    end_epoch = cfg.train.epochs if stop_after_epochs is None else min(cfg.train.epochs, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        # -- one epoch of training
+        net.train()
+        train_set.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        tic, seen, loss_sum, bad_steps, skipped = time.perf_counter(), 0, 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not d.main,
+                   leave=False)
+        for i, batch in enumerate(bar):
+            batch = batch_to(batch, d.device)
+            boundary = (i + 1) % cfg.train.grad_accum == 0 or i + 1 == len(train_loader)
+            sync = net.no_sync() if d.world > 1 and not boundary else nullcontext()
+            with sync, _autocast(d, cfg.train.amp):
+                logits = step_fn(batch)  # (B, 7)
+                loss = F.cross_entropy(logits.float(), batch["label"], weight=weights,
+                                       label_smoothing=cfg.train.label_smoothing)
+            # NaN guard: every rank must agree to skip, or DDP's gradient all-reduce would hang
+            finite = torch.isfinite(loss.detach()).float()
+            if d.world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                bad_steps, skipped = bad_steps + 1, skipped + 1
+                opt.zero_grad(set_to_none=True)
+                if bad_steps > MAX_BAD_STEPS:
+                    raise DfewMMError(f"training diverged: {bad_steps} consecutive non-finite losses; "
+                                      "lower train.lr or disable train.amp")
+                continue
+            bad_steps = 0
+            with sync:
+                (loss / cfg.train.grad_accum).backward()
+            if boundary:
+                if cfg.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+            seen += len(batch["clip_id"])
+            loss_sum += loss.item() * len(batch["clip_id"])
+            bar.set_postfix(loss=f"{loss.item():.3f}", clips_s=f"{seen * d.world / (time.perf_counter() - tic):.1f}")
+        train_s = time.perf_counter() - tic
+        totals = gather((seen, loss_sum), d)
+        seen_all = sum(s for s, _ in totals)
+
+        # -- validation and checkpoints
+        val = evaluate_loader(model, val_loader, d, cfg.train.amp)
+        improved = best["epoch"] < 0 or val["uar"] > best["uar"]
+        if improved:
+            best = {"uar": val["uar"], "epoch": epoch}
+        record = {"epoch": epoch, "train_loss": sum(ls for _, ls in totals) / max(seen_all, 1),
+                  "lr": opt.param_groups[-1]["lr"], "clips_per_s": seen_all / train_s, "nan_skipped": skipped,
+                  "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
+                  "best_epoch": best["epoch"]}
+        rng = gather(_rng_state(), d)
+        if d.main:
+            log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
+                     format_metrics(val), record["clips_per_s"])
+            meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha()}
+            payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "optimizer": opt.state_dict(),
+                       "scheduler": sched.state_dict(), "rng": rng}
+            if improved:
+                save_checkpoint(best_path, {"model": payload["model"], "config": payload["config"], "meta": meta})
+            save_checkpoint(last_path, payload)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(_json_safe(record)) + "\n")
+            for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
+                writer.add_scalar(key, record[key], epoch)
+        barrier(d)
+
+    # -- test fold, touched only once training is complete
+    if end_epoch == cfg.train.epochs:
+        results = {"last": {"epoch": end_epoch - 1, **evaluate_loader(model, test_loader, d, cfg.train.amp)}}
+        best_ckpt = _read_checkpoint(best_path, "cpu")
+        _load_weights(model, best_ckpt["model"], best_path)
+        results["best"] = {"epoch": best_ckpt["meta"]["epoch"], **evaluate_loader(model, test_loader, d, cfg.train.amp)}
+        if d.main:
+            (run_dir / "test_metrics.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+            log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
+                     format_metrics(results["best"]), format_metrics(results["last"]))
+        barrier(d)
+    if writer is not None:
+        writer.close()
+    return run_dir
