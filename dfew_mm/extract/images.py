@@ -1,0 +1,27 @@
+"""Frame helpers shared by the detectors: downscaling for detection, MediaPipe image wrapping."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def to_mp_image(frame: np.ndarray):
+    """Wrap one (H, W, 3) uint8 RGB frame as a mediapipe.Image (needs a contiguous buffer)."""
+    import mediapipe as mp
+
+    return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+
+
+def downscale(frames: np.ndarray, max_side: int) -> np.ndarray:
+    """(T, H, W, 3) -> (T, h, w, 3) with max(h, w) <= max_side, aspect kept.
+
+    The detectors resize their input to 128-256 px anyway; handing them 1080p frames only costs
+    copies, while face crops are still cut from the full-resolution frames.
+    """
+    t, height, width = frames.shape[:3]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return frames
+    size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])

@@ -1,0 +1,148 @@
+"""One clip in, its arrays and manifest record out. Bad input never raises: it gives a failed record.
+
+Degraded but usable clips (no audio track, no face anywhere, fewer frames than T) are `ok` with
+a note in the record's `error` column, so they can be filtered or analysed later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES
+from dfew_mm.extract.assets import resolve_model
+from dfew_mm.extract.audio import log_mel_fbank
+from dfew_mm.extract.decode import DecodeError, decode_clip
+from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
+from dfew_mm.extract.images import downscale
+from dfew_mm.extract.pose import PoseEstimator
+from dfew_mm.extract.quality import frame_luma, masked_mean_luma, rms_db
+
+log = logging.getLogger(__name__)
+
+FACE_MODELS = ("short_range", "full_range")
+POSE_MODELS = ("full", "lite")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Settings that change the stored features (saved with the store, checked on resume)."""
+
+    frames: int = DEFAULT_FRAMES  # T, frames sampled uniformly per clip
+    face_size: int = DEFAULT_FACE_SIZE  # S, px
+    face_margin: float = 0.25  # crop side = longer face-box side x (1 + margin)
+    face_model: str = "short_range"
+    pose_model: str = "full"
+    blendshapes: bool = False  # also store FaceLandmarker blendshapes (T, 52)
+    detect_max_side: int = 640  # px, frames are downscaled to this before detection
+    face_confidence: float = 0.4  # face detection score threshold (the track then drops strays)
+    pose_confidence: float = 0.5  # pose detection, presence and tracking threshold
+
+    def __post_init__(self):
+        if self.frames < 1 or self.face_size < 8:
+            raise ValueError(f"frames must be >= 1 and face_size >= 8 (got {self.frames}, {self.face_size})")
+        if self.face_model not in FACE_MODELS:
+            raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
+        if self.pose_model not in POSE_MODELS:
+            raise ValueError(f"pose_model '{self.pose_model}' unknown; choose from {POSE_MODELS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_keys(self) -> list[str]:
+        keys = [f"face_detector_{self.face_model}", f"pose_landmarker_{self.pose_model}"]
+        return keys + (["face_landmarker"] if self.blendshapes else [])
+
+
+def resolve_models(options: ExtractOptions, assets_dir: str | Path | None) -> dict[str, Path]:
+    """Model key -> verified local file, downloading into the cache where needed (parent process)."""
+    return {key: resolve_model(key, assets_dir) for key in options.model_keys()}
+
+
+class ClipExtractor:
+    """Holds one set of MediaPipe instances; create one per worker process."""
+
+    def __init__(self, options: ExtractOptions, model_paths: dict[str, Path]):
+        self.options = options
+        self.face = FaceDetector(model_paths[f"face_detector_{options.face_model}"], options.face_confidence)
+        self.pose = PoseEstimator(model_paths[f"pose_landmarker_{options.pose_model}"], options.pose_confidence)
+        self.blendshapes = None
+        if options.blendshapes:
+            from dfew_mm.extract.blendshapes import BlendshapeEstimator
+
+            self.blendshapes = BlendshapeEstimator(model_paths["face_landmarker"])
+
+    def extract(self, clip_id: str, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+        """(manifest record, arrays); arrays is None for a failed clip. Never raises for bad input."""
+        start = time.perf_counter()
+        record: dict[str, Any] = {"clip_id": clip_id, "status": "failed", "error": ""}
+        try:
+            arrays, stats, notes = self._extract(path)
+        except DecodeError as err:
+            record["error"] = str(err)
+            arrays = None
+        except Exception as err:  # a clip must never stop the run; keep the reason in the manifest
+            log.warning("clip %s (%s) failed: %s", clip_id, path, err, exc_info=log.isEnabledFor(logging.DEBUG))
+            record["error"] = f"{type(err).__name__}: {err}"
+            arrays = None
+        else:
+            record.update(stats, status="ok", error="; ".join(notes))
+        record["extract_s"] = round(time.perf_counter() - start, 3)
+        return record, arrays
+
+    def _extract(self, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
+        opts = self.options
+        clip = decode_clip(path, opts.frames)
+        small = downscale(clip.frames, opts.detect_max_side)  # (T, h, w, 3)
+        track = track_faces(self.face, small)
+        faces = crop_faces(clip.frames, track.boxes, opts.face_size, opts.face_margin)  # (T, S, S, 3)
+        pose, pose_mask = self.pose.estimate(small, clip.frame_time)
+        audio = log_mel_fbank(clip.audio)  # (F, 128) float16
+        luma = frame_luma(small)  # (T,)
+
+        arrays = {
+            "faces": faces, "face_mask": track.mask, "face_boxes": track.boxes.astype(np.float32),
+            "pose": pose, "pose_mask": pose_mask, "audio": audio,
+            "frame_index": clip.frame_index.astype(np.int32), "frame_time": clip.frame_time.astype(np.float32),
+            "luma": luma,
+        }
+        if self.blendshapes is not None:
+            arrays["blendshapes"] = self.blendshapes.estimate(faces, track.mask)  # (T, 52)
+
+        notes = []
+        if clip.n_frames < opts.frames:
+            notes.append(f"short clip: {clip.n_frames} frames < {opts.frames}, frames repeated")
+        if not track.mask.any():
+            notes.append("no face detected: centre crop")
+        if not clip.has_audio:
+            notes.append("no audio track")
+        elif audio.shape[0] == 0:
+            notes.append("audio shorter than one 25 ms window")
+        if clip.backend != "decord":
+            notes.append(f"decoded with {clip.backend}")
+        stats = {
+            "n_frames": clip.n_frames, "fps": round(clip.fps, 3), "duration_s": round(clip.duration_s, 3),
+            "width": clip.width, "height": clip.height,
+            "face_rate": round(float(track.mask.mean()), 4), "pose_rate": round(float(pose_mask.mean()), 4),
+            "has_audio": bool(clip.has_audio and audio.shape[0] > 0),
+            "audio_rms_db": _round(rms_db(clip.audio)),
+            "luma_mean": _round(float(luma.mean())),
+            "face_luma_mean": _round(masked_mean_luma(faces, track.mask)),
+        }
+        return arrays, stats, notes
+
+    def close(self) -> None:
+        self.face.close()
+        self.pose.close()
+        if self.blendshapes is not None:
+            self.blendshapes.close()
+
+
+def _round(value: float, digits: int = 3) -> float:
+    return round(value, digits) if np.isfinite(value) else float("nan")
+
