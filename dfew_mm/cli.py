@@ -155,9 +155,61 @@ def _run_predict(args) -> int:
     return 1 if failed else 0
 
 
+# -- extract ---------------------------------------------------------------------------------
+def _add_extract(sub) -> None:
+    p = _parser(sub, "extract", "Extract face crops, body pose, audio fbank and quality stats into a feature store.",
+                "dfew_mm extract --dfew-root /data/DFEW --out features --workers 8",
+                "dfew_mm extract --dfew-root /data/DFEW --out features --shard 0/16   # one job of an array",
+                "dfew_mm extract --clips-dir my_videos --out my_features --assets-dir mediapipe_models")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/<id>.mp4 (ids become '42')")
+    src.add_argument("--clips-dir", type=Path, help="any folder of videos (ids are the file stems)")
+    p.add_argument("--out", type=Path, required=True, help="feature store folder (created; resumed if present)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one per core (default 1)")
+    p.add_argument("--frames", type=int, default=16, help="frames T sampled uniformly per clip (default 16)")
+    p.add_argument("--face-size", type=int, default=112, help="face crop side S in px (default 112)")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="only these clip ids")
+    p.add_argument("--limit", type=int, help="at most this many clips (after --ids and --shard)")
+    p.add_argument("--shard", help="i/n: this job's share of the clips (0 <= i < n), for job arrays")
+    p.add_argument("--assets-dir", type=Path,
+                   help="folder with the MediaPipe model files (else $DFEW_MM_ASSETS, else download to a cache)")
+    p.add_argument("--pose-model", choices=("full", "lite"), default="full", help="PoseLandmarker variant")
+    p.add_argument("--face-model", choices=("short_range", "full_range"), default="short_range",
+                   help="FaceDetector variant")
+    p.add_argument("--blendshapes", action="store_true", help="also store FaceLandmarker blendshapes (T, 52)")
+    p.add_argument("--overwrite", action="store_true", help="redo clips that are already extracted")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch logs)")
+
+
+def _run_extract(args) -> int:
+    from dfew_mm.extract import ExtractOptions, list_clips, parse_shard, run_extraction, select_clips
+
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+        options = ExtractOptions(frames=args.frames, face_size=args.face_size, face_model=args.face_model,
+                                 pose_model=args.pose_model, blendshapes=args.blendshapes)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    clips = select_clips(list_clips(args.dfew_root, args.clips_dir), args.ids, shard, args.limit,
+                         dfew_ids=args.dfew_root is not None)
+    if not clips:
+        print(f"error: no clips selected from {args.dfew_root or args.clips_dir}", file=sys.stderr)
+        return 2
+    summary = run_extraction(clips, args.out, options, workers=args.workers, assets_dir=args.assets_dir,
+                             overwrite=args.overwrite, progress=not args.no_progress)
+    for line in summary.lines():
+        print(line)
+    print(f"manifest: {args.out / 'manifest.csv'}")
+    if summary.interrupted:
+        return 130
+    return 0 if summary.succeeded() else 1
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "folds": (_add_folds, _run_folds),
     "synth": (_add_synth, _run_synth),
+    "extract": (_add_extract, _run_extract),
     "evaluate": (_add_evaluate, _run_evaluate),
     "predict": (_add_predict, _run_predict),
 }
