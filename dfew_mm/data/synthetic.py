@@ -25,7 +25,8 @@ from PIL import Image, ImageDraw
 from dfew_mm.constants import CLASSES, NUM_CLASSES
 from dfew_mm.data.dfew import CLIP_DIR, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 
-WIDTH, HEIGHT = 320, 240  # px
+WIDTH, HEIGHT = 400, 300  # px
+HEAD_HEIGHT = 42  # px; the whole body spans ~8 head heights, so hips and knees are in frame
 FPS = 24
 AUDIO_RATE = 44_100  # Hz, like the DFEW originals
 N_FOLDS = 5
@@ -42,7 +43,7 @@ FACE_CUES = {
     "disgust":  dict(curve=-0.6, open=0.15, tilt=+0.5, raise_=-2.0, eye=0.5),
     "fear":     dict(curve=-0.4, open=0.6, tilt=-1.0, raise_=6.0, eye=1.4),
 }
-POSE_CUES = {  # (left wrist dx, dy), (right wrist dx, dy), head drop
+POSE_CUES = {  # (left wrist dx, dy), (right wrist dx, dy) in shoulder-relative units; head drop px
     "happy":    ((1.0, -1.6), (1.0, -1.6), 0.0),
     "sad":      ((0.1, 1.9), (0.1, 1.9), 14.0),
     "neutral":  ((0.3, 1.9), (0.3, 1.9), 0.0),
@@ -69,7 +70,7 @@ class SynthConfig:
     dark_share: float = 0.3  # share of low-light clips
     seconds: float = 2.0
     confusion: float = 0.12  # per modality: chance that a clip shows another class's cue
-    dark_gain: tuple[float, float] = (0.10, 0.18)  # low-light exposure gain range
+    dark_gain: tuple[float, float] = (0.18, 0.28)  # low-light exposure gain range
     dark_noise: float = 7.0  # sensor noise std in 0..255 after the gain
 
 
@@ -106,68 +107,77 @@ def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
 
 
 # -- drawing ---------------------------------------------------------------------------------
-def _draw_person(draw: ImageDraw.ImageDraw, rng_look: dict, face: dict, pose: tuple, s: float,
+def _draw_person(draw: ImageDraw.ImageDraw, look: dict, face: dict, pose: tuple, s: float,
                  t: float) -> None:
-    """One frame of the drawn person; `s` scales the cues, `t` (0..1) animates them."""
-    cx = WIDTH / 2 + rng_look["dx"] + 3 * math.sin(2 * math.pi * 0.7 * t * 2)
-    head_drop = pose[2] * s
-    head = (cx, 62 + rng_look["dy"] + head_drop)  # centre of the face
-    hw, hh = 27 * rng_look["scale"], 34 * rng_look["scale"]
-    shoulder_y = 128 + rng_look["dy"]
-    half = 46 * rng_look["scale"]  # half shoulder width
-    skin, shirt, hair = rng_look["skin"], rng_look["shirt"], rng_look["hair"]
+    """One frame of a standing person, sized in head heights `u`; `s` scales the cues, `t` (0..1)
+    animates them. Full-body proportions (hips and knees in frame) are what BlazePose expects."""
+    u = HEAD_HEIGHT * look["scale"]
+    k = u / 68  # facial strokes were designed on a 68 px head
+    cx = WIDTH / 2 + look["dx"] + 0.1 * u * math.sin(2 * math.pi * 1.4 * t)
+    top = 0.35 * u + look["dy"]
+    head = (cx, top + 0.5 * u + pose[2] * s * k)  # centre of the face; pose[2] drops the head
+    hw, hh = 0.4 * u, 0.5 * u
+    shoulder_y, half = top + 1.3 * u, 0.95 * u
+    hip_y, hip_half = shoulder_y + 2.6 * u, 0.6 * u
+    skin, shirt, hair, trousers = look["skin"], look["shirt"], look["hair"], look["trousers"]
 
-    # torso and neck
-    draw.polygon([(cx - half, shoulder_y), (cx + half, shoulder_y), (cx + half * 0.85, HEIGHT),
-                  (cx - half * 0.85, HEIGHT)], fill=shirt)
-    draw.rectangle([cx - 9, head[1] + hh - 6, cx + 9, shoulder_y + 2], fill=skin)
-    # arms: shoulder -> elbow -> wrist; wrist target from the pose cue, with a small wave
-    wave = 0.15 * math.sin(2 * math.pi * 1.5 * t * 2)
-    for side, (tx, ty) in ((-1, pose[0]), (+1, pose[1])):
-        sx, sy = cx + side * half, shoulder_y + 4
-        rest = np.array([0.3, 1.9])
-        target = rest + s * (np.array([tx, ty]) - rest) + np.array([0.0, wave])
-        wx, wy = sx + side * target[0] * 2 * half * 0.8, sy + target[1] * 2 * half * 0.55
-        ex, ey = (sx + wx) / 2 + side * 14, (sy + wy) / 2 + 6
-        draw.line([(sx, sy), (ex, ey)], fill=shirt, width=16)
-        draw.line([(ex, ey), (wx, wy)], fill=skin, width=12)
-        draw.ellipse([wx - 8, wy - 8, wx + 8, wy + 8], fill=skin)
+    for side in (-1, 1):  # legs, then torso and neck
+        hip_x = cx + side * hip_half * 0.6
+        draw.line([(hip_x, hip_y - 0.1 * u), (hip_x + side * 0.1 * u, hip_y + 1.8 * u),
+                   (hip_x + side * 0.1 * u, hip_y + 3.6 * u)], fill=trousers, width=int(0.5 * u))
+    draw.polygon([(cx - half, shoulder_y), (cx + half, shoulder_y), (cx + hip_half, hip_y),
+                  (cx - hip_half, hip_y)], fill=shirt)
+    draw.rectangle([cx - 0.15 * u, head[1] + hh - 3, cx + 0.15 * u, shoulder_y + 2], fill=skin)
+    # arms: shoulder -> elbow -> wrist; the wrist target comes from the pose cue, with a small wave
+    wave = 0.15 * math.sin(2 * math.pi * 3 * t)
+    rest = np.array([0.3, 1.9])
+    for side, cue in ((-1, pose[0]), (+1, pose[1])):
+        sx, sy = cx + side * half, shoulder_y + 0.1 * u
+        target = rest + s * (np.array(cue) - rest) + np.array([0.0, wave])
+        wx, wy = sx + side * target[0] * 1.2 * u, sy + target[1] * 1.25 * u
+        ex, ey = (sx + wx) / 2 + side * 0.3 * u, (sy + wy) / 2 + 0.1 * u
+        draw.line([(sx, sy), (ex, ey)], fill=shirt, width=int(0.35 * u))
+        draw.line([(ex, ey), (wx, wy)], fill=skin, width=int(0.28 * u))
+        draw.ellipse([wx - 0.17 * u, wy - 0.17 * u, wx + 0.17 * u, wy + 0.17 * u], fill=skin)
 
     # head: hair, face, ears
-    draw.ellipse([head[0] - hw - 3, head[1] - hh - 6, head[0] + hw + 3, head[1] + hh * 0.4], fill=hair)
+    draw.ellipse([head[0] - hw - 2 * k, head[1] - hh - 5 * k, head[0] + hw + 2 * k, head[1] + 0.2 * hh],
+                 fill=hair)
     draw.ellipse([head[0] - hw, head[1] - hh, head[0] + hw, head[1] + hh], fill=skin)
     for side in (-1, 1):
-        draw.ellipse([head[0] + side * hw - 5, head[1] - 6, head[0] + side * hw + 5, head[1] + 8], fill=skin)
+        ear = head[0] + side * hw
+        draw.ellipse([ear - 4 * k, head[1] - 5 * k, ear + 4 * k, head[1] + 7 * k], fill=skin)
 
-    feature = rng_look["feature"]
-    eye_y = head[1] - 6
+    feature = look["feature"]
+    eye_y = head[1] - 6 * k
     eye_open = 1 + s * (face["eye"] - 1)
     for side in (-1, 1):  # eyes with pupils, then brows
-        ex = head[0] + side * 11
-        draw.ellipse([ex - 7, eye_y - 4 * eye_open, ex + 7, eye_y + 4 * eye_open], fill=(235, 235, 235))
-        draw.ellipse([ex - 3, eye_y - 3, ex + 3, eye_y + 3], fill=feature)
-        brow_y = eye_y - 10 - s * face["raise_"]
-        tilt = s * face["tilt"] * 4 * (1.4 if side < 0 and face is FACE_CUES["disgust"] else 1)
-        inner, outer = head[0] + side * 4, head[0] + side * 18
-        draw.line([(inner, brow_y + tilt), (outer, brow_y - tilt)], fill=feature, width=3)
-    draw.line([(head[0], head[1] - 2), (head[0] - 2, head[1] + 8)], fill=feature, width=2)  # nose
+        ex = head[0] + side * 11 * k
+        draw.ellipse([ex - 7 * k, eye_y - 4 * k * eye_open, ex + 7 * k, eye_y + 4 * k * eye_open],
+                     fill=(235, 235, 235))
+        draw.ellipse([ex - 3 * k, eye_y - 3 * k, ex + 3 * k, eye_y + 3 * k], fill=feature)
+        brow_y = eye_y - (10 + s * face["raise_"]) * k
+        tilt = s * face["tilt"] * 4 * k * (1.4 if side < 0 and face is FACE_CUES["disgust"] else 1)
+        inner, outer = head[0] + side * 4 * k, head[0] + side * 18 * k
+        draw.line([(inner, brow_y + tilt), (outer, brow_y - tilt)], fill=feature, width=max(2, round(3 * k)))
+    draw.line([(head[0], head[1] - 2 * k), (head[0] - 2 * k, head[1] + 8 * k)], fill=feature, width=2)
 
-    mouth_y, mw = head[1] + 18, 12
-    curve = s * face["curve"] * 7
-    opening = s * face["open"] * 10 * (1 + 0.2 * math.sin(2 * math.pi * 3 * t))
+    mouth_y, mw = head[1] + 18 * k, 12 * k
+    curve = s * face["curve"] * 7 * k
+    opening = s * face["open"] * 10 * k * (1 + 0.2 * math.sin(2 * math.pi * 3 * t))
     pts = [(head[0] + x, mouth_y - curve * (1 - (x / mw) ** 2) + curve) for x in np.linspace(-mw, mw, 9)]
     if opening > 1.5:
         lower = [(x, y + opening * (1 - ((x - head[0]) / mw) ** 2)) for x, y in reversed(pts)]
         draw.polygon(pts + lower, fill=(90, 30, 35), outline=feature)
     else:
-        draw.line(pts, fill=feature, width=3)
+        draw.line(pts, fill=feature, width=max(2, round(3 * k)))
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
     """A smooth two-colour gradient with texture, (H, W, 3) float."""
     a, b = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
     ramp = np.linspace(0, 1, WIDTH)[None, :, None] * np.ones((HEIGHT, 1, 1))
-    texture = rng.normal(0, 6, (HEIGHT // 8 + 1, WIDTH // 8 + 1, 1)).repeat(8, 0).repeat(8, 1)
+    texture = rng.normal(0, 3, (HEIGHT // 8 + 1, WIDTH // 8 + 1, 1)).repeat(8, 0).repeat(8, 1)
     return a + (b - a) * ramp + texture[:HEIGHT, :WIDTH]
 
 
@@ -175,10 +185,11 @@ def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one clip."""
     rng = np.random.default_rng(spec.seed)
     look = {
-        "dx": rng.uniform(-30, 30), "dy": rng.uniform(-6, 6), "scale": rng.uniform(0.9, 1.1),
+        "dx": rng.uniform(-40, 40), "dy": rng.uniform(-6, 6), "scale": rng.uniform(0.92, 1.08),
         "skin": tuple(int(v) for v in rng.uniform([170, 120, 90], [235, 195, 165])),
         "shirt": tuple(int(v) for v in rng.uniform(20, 235, 3)),
         "hair": tuple(int(v) for v in rng.uniform(10, 90, 3)),
+        "trousers": tuple(int(v) for v in rng.uniform(20, 120, 3)),
         "feature": tuple(int(v) for v in rng.uniform(20, 60, 3)),
     }
     background = _background(rng)
@@ -218,16 +229,36 @@ def render_audio(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
 
 
 # -- writing ---------------------------------------------------------------------------------
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H * 3/2, W) uint8 planar BT.601 limited-range YUV 4:2:0.
+
+    Done here rather than by swscale, whose threaded conversion is not bit-exact between runs."""
+    x = rgb.astype(np.float32)
+    y = 16 + x @ np.array([0.257, 0.504, 0.098], np.float32)
+    u = 128 + x @ np.array([-0.148, -0.291, 0.439], np.float32)
+    v = 128 + x @ np.array([0.439, -0.368, -0.071], np.float32)
+    h, w = y.shape
+
+    def half(plane: np.ndarray) -> np.ndarray:  # (H, W) -> (H/2, W/2) 2x2 means
+        return plane.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = np.concatenate([y.ravel(), half(u).ravel(), half(v).ravel()])
+    return np.clip(np.round(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
 def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
     """H.264 (yuv420p) video and AAC stereo audio in an MP4 container, written atomically."""
     tmp = path.with_name(f".{path.name}.tmp.mp4")
     with av.open(str(tmp), "w") as container:
         video = container.add_stream("libx264", rate=FPS)
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        video.options = {"preset": "veryfast", "crf": "23"}
+        # single-threaded x264 (lookahead too) is bit-exact for the same frames: seeded datasets repeat
+        video.thread_count = 1
+        video.options = {"preset": "veryfast", "crf": "23",
+                         "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         sound = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
         for frame in frames:
-            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for packet in video.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")):
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
