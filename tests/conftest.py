@@ -43,3 +43,16 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth_dfew")
     generate_dataset(root, SynthConfig(clips=35, seed=3))
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_store(synth_root, assets_dir, tmp_path_factory) -> Path:
+    """The real extractor (16 frames, 112 px faces, 2 workers) run once per session on `synth_root`."""
+    from dfew_mm.extract import ExtractOptions, list_clips, run_extraction, select_clips
+
+    out = tmp_path_factory.mktemp("synth_store")
+    clips = select_clips(list_clips(dfew_root=synth_root))
+    summary = run_extraction(clips, out, ExtractOptions(), workers=2, assets_dir=assets_dir, progress=False)
+    if summary.ok != len(clips):
+        raise RuntimeError("extraction of the synthetic clips failed:\n" + "\n".join(summary.lines()))
+    return out

@@ -70,8 +70,8 @@ def _linked(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(shift < LINK_DISTANCE * (size_a + size_b) / 2)
 
 
-def select_main_face(detections: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pick one box per frame from per-frame (K, 5) detections: (T, 4) boxes and (T,) mask.
+def select_main_face(detections: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pick one box per frame from per-frame (K, 5) detections: (T, 4) boxes, (T,) mask, (T,) scores.
 
     The anchor is the detection seen in the most frames (linked detections elsewhere), ties
     broken by size x score, so a large one-frame false positive cannot win. From the anchor, walk
@@ -80,10 +80,10 @@ def select_main_face(detections: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     frame counts as having no main face.
     """
     t = len(detections)
-    boxes, mask = np.zeros((t, 4), np.float32), np.zeros(t, bool)
+    boxes, mask, scores = np.zeros((t, 4), np.float32), np.zeros(t, bool), np.zeros(t, np.float32)
     candidates = [(i, k) for i in range(t) for k in range(len(detections[i]))]
     if not candidates:
-        return boxes, mask
+        return boxes, mask, scores
 
     def support(i: int, k: int) -> tuple[int, float]:
         box = detections[i][k, :4]
@@ -92,6 +92,7 @@ def select_main_face(detections: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
 
     anchor_t, anchor_k = max(candidates, key=lambda c: support(*c))
     boxes[anchor_t], mask[anchor_t] = detections[anchor_t][anchor_k, :4], True
+    scores[anchor_t] = detections[anchor_t][anchor_k, 4]
     anchor_area = _area(boxes[anchor_t])
     for order in (range(anchor_t + 1, t), range(anchor_t - 1, -1, -1)):
         last = boxes[anchor_t]
@@ -106,9 +107,9 @@ def select_main_face(detections: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
                     continue
             else:
                 continue
-            boxes[i], mask[i] = dets[k, :4], True
+            boxes[i], mask[i], scores[i] = dets[k, :4], True, dets[k, 4]
             last = boxes[i]
-    return boxes, mask
+    return boxes, mask, scores
 
 
 def fill_and_smooth(boxes: np.ndarray, mask: np.ndarray, aspect: float) -> np.ndarray:
@@ -155,9 +156,18 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float) 
     return out
 
 
-def track_faces(detector: FaceDetector, frames: np.ndarray) -> FaceTrack:
-    """Detect, select the main face and fill/smooth its boxes for (T, H, W, 3) frames."""
-    detections = [detector.detect(frame) for frame in frames]
-    boxes, mask = select_main_face(detections)
+def track_faces(detectors: list[FaceDetector], frames: np.ndarray) -> FaceTrack:
+    """Detect, select the main face and fill/smooth its boxes for (T, H, W, 3) frames.
+
+    With several detectors (short- and full-range BlazeFace), each gives a main-face track and
+    the track with the highest summed score wins: close-ups suit the short-range model, wide
+    shots with small faces the full-range one, and one model per clip keeps box sizes consistent.
+    """
+    best = None
+    for detector in detectors:
+        boxes, mask, scores = select_main_face([detector.detect(frame) for frame in frames])
+        if best is None or scores.sum() > best[2].sum():
+            best = (boxes, mask, scores)
+    boxes, mask, _ = best
     aspect = frames.shape[2] / frames.shape[1]
     return FaceTrack(fill_and_smooth(boxes, mask, aspect), mask)

@@ -24,4 +24,4 @@ def downscale(frames: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1.0:
         return frames
     size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
