@@ -174,8 +174,8 @@ def _add_extract(sub) -> None:
     p.add_argument("--assets-dir", type=Path,
                    help="folder with the MediaPipe model files (else $DFEW_MM_ASSETS, else download to a cache)")
     p.add_argument("--pose-model", choices=("full", "lite"), default="full", help="PoseLandmarker variant")
-    p.add_argument("--face-model", choices=("auto", "short_range", "full_range"), default="auto",
-                   help="FaceDetector variant; auto (default) runs both and keeps the better track per clip")
+    p.add_argument("--face-model", choices=("short_range", "full_range"), default="full_range",
+                   help="FaceDetector variant")
     p.add_argument("--blendshapes", action="store_true", help="also store FaceLandmarker blendshapes (T, 52)")
     p.add_argument("--overwrite", action="store_true", help="redo clips that are already extracted")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch logs)")
@@ -206,12 +206,106 @@ def _run_extract(args) -> int:
     return 0 if summary.succeeded() else 1
 
 
+# -- train / cv ------------------------------------------------------------------------------
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="default", help="configs/<name>.yaml or a path (default: default)")
+    p.add_argument("--modalities", help="comma-separated subset of video,pose,audio (default: the config's)")
+    p.add_argument("--store", help="feature store (data.store)")
+    p.add_argument("--dfew-root", help="DFEW copy with the split files (data.dfew_root)")
+    p.add_argument("--splits-dir", help="split files elsewhere than DFEW_ROOT (data.splits_dir)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="leave out split clips missing from the store (listed in excluded_clips.csv)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
+
+
+def _experiment_config(args, extra: Sequence[str] = ()):
+    from dfew_mm.config import load_config
+    from dfew_mm.models import resolve_modalities
+
+    overrides = list(args.overrides)
+    if args.modalities is not None:
+        overrides.append(f"model.modalities=[{','.join(resolve_modalities(args.modalities))}]")
+    for flag, key in (("store", "data.store"), ("dfew_root", "data.dfew_root"), ("splits_dir", "data.splits_dir")):
+        if getattr(args, flag):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.allow_missing:
+        overrides.append("data.allow_missing=true")
+    return load_config(args.config, overrides + list(extra))
+
+
+def _add_train(sub) -> None:
+    p = _parser(sub, "train", "Train one fold from a feature store; writes checkpoints and metrics to a run directory.",
+                "dfew_mm train --config tiny --modalities video,pose --store features/synth --dfew-root synth",
+                "dfew_mm train --config default --fold 2 --out runs/f2 train.epochs=20",
+                "dfew_mm train --resume runs/f2            # continue an interrupted run exactly",
+                "torchrun --nproc_per_node 4 -m dfew_mm.cli train --config default   # multi-GPU")
+    _add_experiment_args(p)
+    p.add_argument("--fold", type=int, help="DFEW fold 1..5 (data.fold)")
+    p.add_argument("--out", help="run directory (train.out_dir)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last.pt with its saved config")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (resume later)")
+
+
+def _run_train(args) -> int:
+    from dfew_mm.config import load_config
+    from dfew_mm.train import train
+
+    extra = [f"data.fold={args.fold}"] if args.fold else []
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise DfewMMError(f"--resume {run}: no config.yaml there; is it a run directory?")
+        cfg = load_config(run / "config.yaml", list(args.overrides) + extra + [f"train.out_dir={run}"])
+    else:
+        cfg = _experiment_config(args, extra + ([f"train.out_dir={args.out}"] if args.out else []))
+    run_dir = train(cfg, resume=bool(args.resume), stop_after_epochs=args.stop_after)
+    _finish_distributed()
+    metrics = run_dir / "test_metrics.json"
+    if metrics.is_file():
+        import json
+
+        from dfew_mm.metrics import format_metrics
+
+        result = json.loads(metrics.read_text())
+        print(f"test fold {cfg.data.fold}: best {format_metrics(result['best'])} | last {format_metrics(result['last'])}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _add_cv(sub) -> None:
+    p = _parser(sub, "cv", "Run the DFEW 5-fold protocol and write a per-fold and mean ± std table of UAR and WAR.",
+                "dfew_mm cv --config default --folds 1-5 --out runs/cv_all",
+                "dfew_mm cv --config tiny --folds 1,2 --modalities pose,audio --out runs/cv_tiny")
+    _add_experiment_args(p)
+    p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
+    p.add_argument("--out", required=True, help="folder for fold_k/ runs and cv_summary.{csv,txt}")
+
+
+def _run_cv(args) -> int:
+    from dfew_mm.cv import cross_validate, format_summary
+
+    table = cross_validate(_experiment_config(args), args.folds, args.out)
+    _finish_distributed()
+    print(format_summary(table))
+    print(f"summary: {Path(args.out) / 'cv_summary.txt'}")
+    return 0
+
+
+def _finish_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "folds": (_add_folds, _run_folds),
     "synth": (_add_synth, _run_synth),
     "extract": (_add_extract, _run_extract),
     "evaluate": (_add_evaluate, _run_evaluate),
     "predict": (_add_predict, _run_predict),
+    "train": (_add_train, _run_train),
+    "cv": (_add_cv, _run_cv),
 }
 
 
