@@ -93,7 +93,7 @@ class FeatureStore:
                 raise StoreError(f"{self.path} has no manifest.csv: is it a feature store? "
                                  "Re-run extraction into it to (re)build the manifest.")
             self._manifest = pd.read_csv(self.manifest_path, dtype={"clip_id": str, "error": str},
-                                         keep_default_na=False, na_values={"": float("nan")})
+                                         keep_default_na=False, na_values=[""])
             self._manifest["error"] = self._manifest["error"].fillna("")
         return self._manifest
 

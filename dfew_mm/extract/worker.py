@@ -104,7 +104,8 @@ class ClipExtractor:
         clip = decode_clip(path, opts.frames)
         small = downscale(clip.frames, opts.detect_max_side)  # (T, h, w, 3)
         track = track_faces(self.faces, small)
-        faces = crop_faces(clip.frames, track.boxes, opts.face_size, opts.face_margin)  # (T, S, S, 3)
+        margin = opts.face_margin if track.mask.any() else 0.0  # the centre fallback crop stays in frame
+        faces = crop_faces(clip.frames, track.boxes, opts.face_size, margin)  # (T, S, S, 3)
         pose, pose_mask = self.pose.estimate(small, clip.frame_time)
         audio = log_mel_fbank(clip.audio)  # (F, 128) float16
         luma = frame_luma(small)  # (T,)

@@ -1,0 +1,379 @@
+"""Extraction: real MediaPipe, decord and PyAV on real clips, broken inputs, resume, shards, assets."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dfew_mm.cli import main
+from dfew_mm.constants import N_MELS
+from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
+from dfew_mm.errors import AssetError
+from dfew_mm.extract import assets
+from dfew_mm.extract.audio import log_mel_fbank
+from dfew_mm.extract.decode import sample_indices
+from dfew_mm.extract.face import fill_and_smooth, select_main_face
+from dfew_mm.extract.run import in_shard, list_clips, select_clips
+
+DFEW_SAMPLES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+T, S = 16, 112
+
+
+# -- inputs that must not stop a run ------------------------------------------------------------
+def _write_video(path: Path, n_frames: int, colour=None, audio: bool = False, size=(160, 120)) -> Path:
+    """H.264 (+ AAC) clip written with PyAV: moving noise, or a plain colour if `colour` is given."""
+    width, height = size
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = container.add_stream("aac", rate=44_100) if audio else None
+        for _ in range(n_frames):
+            frame = (np.full((height, width, 3), colour, np.uint8) if colour is not None
+                     else rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode())
+        if sound is not None:
+            tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(44_100) / 44_100)).astype(np.float32)
+            for start in range(0, tone.size, 1024):
+                chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="flt", layout="mono")
+                chunk.sample_rate = 44_100
+                container.mux(sound.encode(chunk))
+            container.mux(sound.encode())
+    return path
+
+
+def _make_mixed_folder(folder: Path, clips_dir: Path) -> Path:
+    """Real clips (linked) plus every kind of bad or degraded input, in one folder of videos."""
+    folder.mkdir()
+    for name in DFEW_SAMPLES:
+        (folder / f"{name}.mp4").symlink_to(clips_dir / "dfew_samples" / f"{name}.mp4")
+    for name in ("1001_DFA_ANG_XX", "1001_DFA_HAP_XX"):
+        (folder / f"{name}.flv").symlink_to(clips_dir / "cremad" / f"{name}.flv")
+    (folder / "bbaf2n.mpg").symlink_to(clips_dir / "talking" / "bbaf2n.mpg")
+    (folder / "zero_bytes.mp4").write_bytes(b"")
+    data = (clips_dir / "dfew_samples" / "sad.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])  # the index (moov) is cut off
+    frames = [Image.fromarray(np.full((96, 128, 3), 20 * i, np.uint8)) for i in range(12)]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    _write_video(folder / "silent_noise.mp4", 30)  # no audio track
+    _write_video(folder / "plain_colour.mp4", 30, colour=(40, 120, 200), audio=True)  # no face
+    _write_video(folder / "five_frames.mp4", 5, audio=True)  # shorter than T
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory, clips_dir, assets_dir):
+    root = tmp_path_factory.mktemp("mixed")
+    folder = _make_mixed_folder(root / "videos", clips_dir)
+    out = root / "features"
+    code = main(["extract", "--clips-dir", str(folder), "--out", str(out), "--workers", "2",
+                 "--assets-dir", str(assets_dir), "--no-progress"])
+    store = FeatureStore(out)
+    return code, store, store.manifest.set_index("clip_id")
+
+
+def test_run_finishes_with_one_row_per_clip(mixed_store):
+    code, store, manifest = mixed_store
+    assert code == 0
+    assert tuple(store.manifest.columns) == MANIFEST_COLUMNS
+    assert len(manifest) == 16
+    assert not list(store.path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("clip_id", DFEW_SAMPLES)
+def test_dfew_sample_arrays(mixed_store, clip_id):
+    _, store, manifest = mixed_store
+    row = manifest.loc[clip_id]
+    assert row["status"] == "ok" and row["error"] == ""
+    assert row["has_audio"] and row["width"] >= 1024 and row["fps"] == pytest.approx(23.976, abs=0.01)
+    x = store[clip_id]
+    expected = {"faces": ("uint8", (T, S, S, 3)), "face_mask": ("bool", (T,)), "face_boxes": ("float32", (T, 4)),
+                "pose": ("float32", (T, 33, 4)), "pose_mask": ("bool", (T,)), "frame_index": ("int32", (T,)),
+                "frame_time": ("float32", (T,)), "luma": ("float32", (T,))}
+    for name, (dtype, shape) in expected.items():
+        assert (str(x[name].dtype), x[name].shape) == (dtype, shape), name
+    # Audio: one 10 ms fbank frame per 160 samples over the whole clip.
+    assert x["audio"].dtype == np.float16 and x["audio"].shape[1] == N_MELS
+    assert abs(x["audio"].shape[0] - 100 * row["duration_s"]) < 10
+    assert np.isfinite(x["audio"].astype(np.float32)).all()
+    assert np.all(np.diff(x["frame_index"]) > 0) and x["frame_index"][-1] < row["n_frames"]
+    assert np.allclose(x["frame_time"], x["frame_index"] / row["fps"], atol=0.05)
+    boxes = x["face_boxes"]
+    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+    assert row["face_rate"] == pytest.approx(x["face_mask"].mean())
+    # Detected faces are real image content, not the black padding of an off-frame crop.
+    assert x["faces"][x["face_mask"]].mean() > 10
+    assert 0 < row["luma_mean"] < 255 and np.allclose(x["luma"].mean(), row["luma_mean"], atol=0.01)
+
+
+def test_dfew_samples_faces_and_pose(mixed_store):
+    _, store, manifest = mixed_store
+    rows = manifest.loc[list(DFEW_SAMPLES)]
+    assert rows["face_rate"].mean() >= 0.9
+    assert rows["pose_rate"].mean() >= 0.8  # a body on most frames
+    for clip_id in DFEW_SAMPLES:
+        x = store[clip_id]
+        found = x["pose"][x["pose_mask"]]  # (n, 33, 4)
+        assert ((found[..., 3] >= 0) & (found[..., 3] <= 1)).all()
+        # Shoulders lie inside the frame and below the nose in these upright shots.
+        nose_y, shoulder_y = found[:, 0, 1], found[:, 11:13, 1].mean(axis=1)
+        assert np.median(shoulder_y - nose_y) > 0
+        assert (x["pose"][~x["pose_mask"]] == 0).all()
+
+
+@pytest.mark.parametrize("clip_id", ["1001_DFA_ANG_XX", "1001_DFA_HAP_XX", "bbaf2n"])
+def test_flv_and_mpeg1_clips(mixed_store, clip_id):
+    _, store, manifest = mixed_store
+    row = manifest.loc[clip_id]
+    assert row["status"] == "ok" and row["has_audio"] and row["face_rate"] >= 0.9
+    assert store[clip_id]["faces"].shape == (T, S, S, 3)
+
+
+@pytest.mark.parametrize("clip_id, reason", [("zero_bytes", "empty file"), ("truncated", "cannot decode")])
+def test_unreadable_files_fail_with_a_reason(mixed_store, clip_id, reason):
+    _, store, manifest = mixed_store
+    row = manifest.loc[clip_id]
+    assert row["status"] == "failed" and reason in row["error"]
+    assert clip_id not in store
+
+
+def test_gif_falls_back_to_pyav(mixed_store):
+    _, store, manifest = mixed_store
+    row = manifest.loc["animated"]
+    assert row["status"] == "ok" and "pyav" in row["error"] and row["n_frames"] == 12
+    x = store["animated"]
+    assert x["audio"].shape == (0, N_MELS) and not row["has_audio"]
+    # Frame i of the GIF is a plain grey of 20 * i, so luma follows the sampled frame index.
+    assert np.allclose(x["luma"], 20 * x["frame_index"], atol=2)
+
+
+def test_clip_without_audio_track(mixed_store):
+    _, store, manifest = mixed_store
+    row = manifest.loc["silent_noise"]
+    assert row["status"] == "ok" and not row["has_audio"] and "no audio track" in row["error"]
+    assert np.isnan(row["audio_rms_db"])
+    assert store["silent_noise"]["audio"].shape == (0, N_MELS)
+
+
+def test_clip_without_face_gets_centre_crop(mixed_store):
+    _, store, manifest = mixed_store
+    row = manifest.loc["plain_colour"]
+    assert row["status"] == "ok" and row["face_rate"] == 0 and "no face" in row["error"]
+    assert row["has_audio"] and -15 < row["audio_rms_db"] < -10  # a 0.3-amplitude sine: -13.5 dBFS
+    x = store["plain_colour"]
+    assert not x["face_mask"].any() and np.isnan(row["face_luma_mean"])
+    assert np.allclose(x["face_boxes"][0], [1 / 8, 0, 7 / 8, 1], atol=1e-3)  # centred square of a 4:3 frame
+    assert np.abs(x["faces"].reshape(-1, 3).mean(0) - [40, 120, 200]).max() < 8
+
+
+def test_clip_shorter_than_t_repeats_frames(mixed_store):
+    _, store, manifest = mixed_store
+    row = manifest.loc["five_frames"]
+    assert row["status"] == "ok" and row["n_frames"] == 5 and "short clip" in row["error"]
+    x = store["five_frames"]
+    assert x["faces"].shape == (T, S, S, 3)
+    assert sorted(set(x["frame_index"].tolist())) == [0, 1, 2, 3, 4]
+
+
+# -- resume, interruption, settings ---------------------------------------------------------------
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dfew_mm.cli", "extract", *args]
+
+
+def test_interrupted_run_resumes(tmp_path, synth_root, assets_dir):
+    out = tmp_path / "features"
+    args = ["--dfew-root", str(synth_root), "--out", str(out), "--assets-dir", str(assets_dir),
+            "--limit", "8", "--no-progress"]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "records").glob("*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    store = FeatureStore(out)
+    finished = store.ok_ids()
+    assert 2 <= len(finished) < 8 and not list(out.rglob("*.tmp"))
+    assert sorted(store.manifest["clip_id"]) == sorted(finished)
+    stamps = {i: store.clip_path(i).stat().st_mtime_ns for i in finished}
+
+    # A run killed hard leaves a temporary file behind; the next run clears it.
+    stale = store.clips_dir / f".{finished[0]}.npz.abc123.tmp"
+    stale.write_bytes(b"partial")
+    done = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(finished)} already done" in done.stdout
+    store = FeatureStore(out)
+    assert len(store.ok_ids()) == 8 and not list(out.rglob("*.tmp"))
+    assert all(store.clip_path(i).stat().st_mtime_ns == stamps[i] for i in finished)
+
+    # Other settings into the same store are refused.
+    assert main(["extract", *args, "--frames", "8"]) == 2
+
+
+# -- synthetic store shared with the training and evaluation tests --------------------------------
+def test_synth_store(synth_store, synth_root):
+    store = FeatureStore(synth_store)
+    manifest = store.manifest
+    assert len(store) == len(list((synth_root / "Clip" / "original").glob("*.mp4")))
+    assert (manifest["status"] == "ok").all() and manifest["has_audio"].all()
+    assert manifest["face_rate"].mean() >= 0.8
+    truth = pd.read_csv(synth_root / "synth_truth.csv")
+    dark = set(truth.loc[truth["dark"].astype(bool), "clip_id"].astype(str))
+    if dark and len(dark) < len(manifest):
+        by_dark = manifest.groupby(manifest["clip_id"].isin(dark))["luma_mean"].mean()
+        assert by_dark[True] < by_dark[False]
+
+
+# -- units: sampling, face track, audio, shards ---------------------------------------------------
+def test_sample_indices():
+    assert sample_indices(160, 16).tolist() == list(range(5, 160, 10))
+    short = sample_indices(3, 16)
+    assert short.min() == 0 and short.max() == 2 and np.all(np.diff(short) >= 0)
+
+
+def test_main_face_ignores_strays_and_bystanders():
+    face = np.array([0.40, 0.30, 0.60, 0.60, 0.9], np.float32)
+    big_stray = np.array([0.0, 0.0, 0.9, 0.9, 0.5], np.float32)  # one frame only
+    bystander = np.array([0.85, 0.1, 0.92, 0.2, 0.55], np.float32)  # small, elsewhere
+    detections = [np.stack([face + [0.01 * i, 0, 0.01 * i, 0, 0]]) for i in range(6)]
+    detections[2] = np.stack([detections[2][0], big_stray])
+    detections[3] = np.zeros((0, 5), np.float32)
+    detections[4] = np.stack([bystander])
+    boxes, mask, _ = select_main_face(detections)
+    assert mask.tolist() == [True, True, True, False, False, True]
+    assert np.allclose(boxes[2], face[:4] + [0.02, 0, 0.02, 0])
+    filled = fill_and_smooth(boxes, mask, aspect=16 / 9)
+    assert np.all(filled[3:5, 0] > 0.41) and np.all(filled[3:5, 0] < 0.46)  # interpolated between 2 and 5
+
+
+def test_fbank_matches_ast_feature_extractor():
+    from transformers import ASTFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16_000) / 16_000
+    wave = (0.2 * np.sin(2 * np.pi * 300 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    ours = log_mel_fbank(wave)
+    assert ours.shape == (1 + (16_000 - 400) // 160, N_MELS) and ours.dtype == np.float16
+    reference = ASTFeatureExtractor(do_normalize=False, max_length=ours.shape[0])(
+        wave, sampling_rate=16_000, return_tensors="np")["input_values"][0]
+    assert np.abs(ours.astype(np.float32) - reference).max() < 0.02
+    assert log_mel_fbank(np.zeros(100, np.float32)).shape == (0, N_MELS)
+
+
+def test_shards_cover_every_clip_once(tmp_path):
+    clips = {str(i): tmp_path / f"{i}.mp4" for i in range(1, 501)}
+    clips.update({f"clip_{c}": tmp_path / f"clip_{c}.mp4" for c in "abcdefgh"})
+    shards = [select_clips(clips, shard=(i, 7)) for i in range(7)]
+    ids = [clip_id for shard in shards for clip_id, _ in shard]
+    assert sorted(ids) == sorted(clips) and len(ids) == len(set(ids))
+    assert min(map(len, shards)) > 40  # roughly balanced
+    assert all(in_shard(clip_id, 3, 7) for clip_id, _ in shards[3])
+
+
+def test_dfew_ids_are_integers(tmp_path):
+    folder = tmp_path / "Clip" / "original"
+    folder.mkdir(parents=True)
+    for name in ("00007.mp4", "12.mp4", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    clips = list_clips(dfew_root=tmp_path)
+    assert sorted(clips) == ["12", "7"]
+    assert [i for i, _ in select_clips(clips, ids=["007"], dfew_ids=True)] == ["7"]
+
+
+# -- model files ---------------------------------------------------------------------------------
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(assets.ASSETS_ENV, raising=False)
+    return tmp_path / "cache" / "dfew_mm" / "mediapipe"
+
+
+@pytest.fixture
+def local_model_server(assets_dir):
+    """Serve the local model copies over HTTP, standing in for the MediaPipe bucket."""
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(assets_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def _point_at(monkeypatch, key: str, url: str, sha256: str | None) -> None:
+    model = assets.MODEL_FILES[key]
+    monkeypatch.setitem(assets.MODEL_FILES, key, assets.ModelFile(model.filename, url, sha256))
+
+
+def test_download_verifies_published_digest(empty_cache, local_model_server, monkeypatch):
+    key = "face_detector_short_range"
+    model = assets.MODEL_FILES[key]
+    _point_at(monkeypatch, key, f"{local_model_server}/{model.filename}", model.sha256)
+    path = assets.resolve_model(key)
+    assert path == empty_cache / model.filename and assets.sha256_of(path) == model.sha256
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # corrupt the cached copy
+    with pytest.raises(AssetError, match="corrupt or was replaced"):
+        assets.resolve_model(key)
+
+
+def test_download_records_digest_on_first_use(empty_cache, local_model_server, monkeypatch):
+    key = "pose_landmarker_lite"
+    model = assets.MODEL_FILES[key]
+    _point_at(monkeypatch, key, f"{local_model_server}/{model.filename}", None)
+    path = assets.resolve_model(key)
+    record = empty_cache / f"{model.filename}.sha256"
+    assert record.read_text().strip() == assets.sha256_of(path)
+    path.write_bytes(b"replaced")
+    with pytest.raises(AssetError, match="corrupt or was replaced"):
+        assets.resolve_model(key)
+
+
+def test_failed_download_explains_offline_use(empty_cache, monkeypatch):
+    _point_at(monkeypatch, "pose_landmarker_full", "http://127.0.0.1:9/pose_landmarker_full.task", None)
+    with pytest.raises(AssetError, match="--assets-dir") as info:
+        assets.resolve_model("pose_landmarker_full")
+    assert "DFEW_MM_ASSETS" in str(info.value) and not list(empty_cache.glob("*"))
+
+
+def test_assets_dir_and_environment(tmp_path, assets_dir, monkeypatch):
+    monkeypatch.setenv(assets.ASSETS_ENV, str(assets_dir))
+    assert assets.resolve_model("face_landmarker") == assets_dir / "face_landmarker.task"
+    with pytest.raises(AssetError, match="pose_landmarker_full.task"):
+        assets.resolve_model("pose_landmarker_full", assets_dir=tmp_path)
+    with pytest.raises(AssetError, match="unknown MediaPipe model"):
+        assets.resolve_model("hand_landmarker")
+
+
+def test_blendshapes_option(tmp_path, clips_dir, assets_dir):
+    from dfew_mm.extract import ClipExtractor, ExtractOptions
+    from dfew_mm.extract.worker import resolve_models
+
+    options = ExtractOptions(blendshapes=True, frames=4)
+    extractor = ClipExtractor(options, resolve_models(options, assets_dir))
+    try:
+        record, arrays = extractor.extract("sad", clips_dir / "dfew_samples" / "sad.mp4")
+    finally:
+        extractor.close()
+    assert record["status"] == "ok"
+    scores = arrays["blendshapes"]
+    assert scores.shape == (4, 52) and scores.dtype == np.float32
+    assert scores[arrays["face_mask"]].max() > 0.1 and (scores >= 0).all() and (scores <= 1).all()
