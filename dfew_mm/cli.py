@@ -174,8 +174,8 @@ def _add_extract(sub) -> None:
     p.add_argument("--assets-dir", type=Path,
                    help="folder with the MediaPipe model files (else $DFEW_MM_ASSETS, else download to a cache)")
     p.add_argument("--pose-model", choices=("full", "lite"), default="full", help="PoseLandmarker variant")
-    p.add_argument("--face-model", choices=("short_range", "full_range"), default="full_range",
-                   help="FaceDetector variant")
+    p.add_argument("--face-model", choices=("auto", "short_range", "full_range"), default="auto",
+                   help="FaceDetector variant; auto (default) runs both and keeps the better track per clip")
     p.add_argument("--blendshapes", action="store_true", help="also store FaceLandmarker blendshapes (T, 52)")
     p.add_argument("--overwrite", action="store_true", help="redo clips that are already extracted")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch logs)")
