@@ -165,7 +165,8 @@ def _draw_person(draw: ImageDraw.ImageDraw, look: dict, face: dict, pose: tuple,
     mouth_y, mw = head[1] + 18 * k, 12 * k
     curve = s * face["curve"] * 7 * k
     opening = s * face["open"] * 10 * k * (1 + 0.2 * math.sin(2 * math.pi * 3 * t))
-    pts = [(head[0] + x, mouth_y - curve * (1 - (x / mw) ** 2) + curve) for x in np.linspace(-mw, mw, 9)]
+    # image y grows downwards: a smile (curve > 0) lifts the corners above the centre
+    pts = [(head[0] + x, mouth_y + curve * (1 - (x / mw) ** 2) - curve) for x in np.linspace(-mw, mw, 9)]
     if opening > 1.5:
         lower = [(x, y + opening * (1 - ((x - head[0]) / mw) ** 2)) for x, y in reversed(pts)]
         draw.polygon(pts + lower, fill=(90, 30, 35), outline=feature)
