@@ -82,10 +82,13 @@ def test_run_record_has_config_and_git_sha(tmp_path):
 
 
 def test_cli_help_lists_subcommands():
+    from dfew_mm.cli import COMMANDS
+
     out = subprocess.run([sys.executable, "-m", "dfew_mm.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for command in ("folds", "synth"):
+    assert {"folds", "synth", "extract", "train", "cv", "evaluate", "predict", "demo"} <= set(COMMANDS)
+    for command in COMMANDS:
         assert command in out
-    sub = subprocess.run([sys.executable, "-m", "dfew_mm.cli", "folds", "--help"], capture_output=True,
-                         text=True, check=True).stdout
-    assert "examples:" in sub
+        sub = subprocess.run([sys.executable, "-m", "dfew_mm.cli", command, "--help"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "examples:" in sub and f"dfew_mm {command}" in sub, command
