@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from dfew_mm.constants import LUMA_WEIGHTS
@@ -11,7 +12,7 @@ _SILENCE_DB = -120.0  # floor for digital silence, dBFS
 
 def frame_luma(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB -> (T,) float32 mean BT.601 luma in 0..255."""
-    channel_means = frames.reshape(len(frames), -1, 3).mean(axis=1, dtype=np.float64)  # (T, 3)
+    channel_means = np.array([cv2.mean(frame)[:3] for frame in frames]).reshape(-1, 3)  # (T, 3), fast SIMD means
     return (channel_means @ np.asarray(LUMA_WEIGHTS)).astype(np.float32)
 
 

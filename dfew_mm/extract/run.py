@@ -122,12 +122,12 @@ def _init_worker(options: ExtractOptions, model_paths: dict[str, Path], store_pa
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     # pool.terminate() sends SIGTERM: raising unwinds atomic writes, which delete their temp file.
     signal.signal(signal.SIGTERM, _raise_exit)
-    _limit_threads()
+    limit_threads()
     _EXTRACTOR = ClipExtractor(options, model_paths)
     _STORE = FeatureStore(store_path)
 
 
-def _limit_threads() -> None:
+def limit_threads() -> None:
     """One core per worker process: no oversubscription from torch or OpenCV thread pools."""
     import cv2
     import torch
