@@ -7,6 +7,7 @@ entry naming the reason; the other files still get predictions.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,27 @@ class InMemoryClips(ClipDataset):
         return self._clips[clip_id]
 
 
+def extraction_options(cfg):
+    """Extraction settings of the store the model was trained on, so new clips look the same to it.
+
+    Falls back to the defaults with the model's frame count and face size when that store is not
+    available (e.g. a checkpoint copied to another machine).
+    """
+    from dataclasses import fields
+
+    from dfew_mm.extract.run import SETTINGS_FILE
+    from dfew_mm.extract.worker import ExtractOptions
+
+    settings = Path(cfg.data.store) / SETTINGS_FILE if cfg.data.store else None
+    if settings is not None and settings.is_file():
+        saved = json.loads(settings.read_text())
+        names = {f.name for f in fields(ExtractOptions)}
+        return ExtractOptions(**{k: v for k, v in saved.items() if k in names})
+    log.info("training store settings not found (%s); extracting with defaults, %d frames, %d px faces",
+             settings, cfg.data.frames, cfg.data.face_size)
+    return ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size)
+
+
 def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_dir: str | Path | None = None,
                   modalities: str | Sequence[str] | None = None, top_k: int = 3) -> list[dict]:
     """One result dict per input path, in order.
@@ -44,13 +66,13 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
 
     from dfew_mm.data.dataset import collate
     from dfew_mm.evaluate import modality_label, parse_modalities
-    from dfew_mm.extract.worker import ClipExtractor, ExtractOptions, resolve_models
+    from dfew_mm.extract.worker import ClipExtractor, resolve_models
     from dfew_mm.train import load_checkpoint
 
     model, cfg, _ = load_checkpoint(checkpoint, map_location="cpu")
     model.eval()
     mods = parse_modalities(modalities, cfg.model.modalities)
-    options = ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size)
+    options = extraction_options(cfg)
     extractor = ClipExtractor(options, resolve_models(options, assets_dir))
     results = []
     try:

@@ -56,3 +56,23 @@ def synth_store(synth_root, assets_dir, tmp_path_factory) -> Path:
     if summary.ok != len(clips):
         raise RuntimeError("extraction of the synthetic clips failed:\n" + "\n".join(summary.lines()))
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(assets_dir, tmp_path_factory) -> dict:
+    """`dfew_mm demo` run once per session (35 clips, 2 epochs): its output folder and printed text.
+
+    Evaluation, prediction and notebook tests reuse its store, checkpoints and predictions.
+    """
+    import contextlib
+    import io
+
+    from dfew_mm.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--out", str(out), "--assets-dir", str(assets_dir), "--clips", "35", "--epochs", "2"])
+    if code != 0:
+        raise RuntimeError(f"dfew_mm demo exited with {code}:\n{printed.getvalue()}")
+    return {"out": out, "stdout": printed.getvalue()}

@@ -1,0 +1,144 @@
+"""Evaluation: the low-light perturbation, the predictions file and its metrics, prediction on new clips."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfew_mm.constants import CLASSES
+from dfew_mm.errors import ConfigError
+from dfew_mm.evaluate import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, Darken, darken, evaluate,
+                              metrics_path_for, parse_darken, parse_modalities)
+from dfew_mm.metrics import classification_metrics
+
+
+def _faces(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(40, 230, (4, 32, 32, 3), dtype=np.uint8)  # (T, S, S, 3)
+
+
+def test_darken_strength_zero_is_identity_and_darkening_grows_with_strength():
+    faces = _faces()
+    assert np.array_equal(darken(faces, 0.0, np.random.default_rng(0)), faces)
+    means = [darken(faces, s, np.random.default_rng(0)).mean() for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert all(a > b for a, b in zip(means, means[1:])), means
+    dark = darken(faces, 1.0, np.random.default_rng(0))
+    assert dark.dtype == np.uint8 and dark.shape == faces.shape
+    assert dark.mean() < 0.15 * faces.mean()
+    # sensor noise: a flat patch is no longer flat, and the same seed gives the same noise
+    flat = np.full((2, 16, 16, 3), 150, np.uint8)
+    assert darken(flat, 0.7, np.random.default_rng(1)).std() > 1.0
+    assert np.array_equal(Darken(0.7)(flat, np.random.default_rng(1)), darken(flat, 0.7, np.random.default_rng(1)))
+
+
+def test_darken_rejects_bad_input():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        darken(_faces(), 1.5, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="uint8"):
+        darken(_faces().astype(np.float32), 0.5, np.random.default_rng(0))
+
+
+def test_parse_darken_and_modalities():
+    assert parse_darken("0.5") == [0.5]
+    assert parse_darken("0.5,0,0.25") == [0.0, 0.25, 0.5]
+    assert parse_darken("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_darken(None) == [0.0]
+    for bad in ("2", "-0.1", "dark", "0:1:0"):
+        with pytest.raises(ConfigError, match="--darken"):
+            parse_darken(bad)
+    trained = ["video", "pose", "audio"]
+    assert parse_modalities("pose+video", trained) == ["video", "pose"]
+    assert parse_modalities(None, trained) == trained
+    with pytest.raises(ConfigError, match="valid modalities"):
+        parse_modalities("video+smell", trained)
+    with pytest.raises(ConfigError, match="trained with video"):
+        parse_modalities("video+audio", ["video"])
+
+
+@pytest.mark.slow
+def test_darkening_changes_face_frames_only(demo_run):
+    from dfew_mm.config import load_config
+    from dfew_mm.data.dataset import ClipDataset
+    from dfew_mm.data.store import FeatureStore
+
+    store = FeatureStore(demo_run["out"] / "features")
+    ids = store.ok_ids()[:3]
+    cfg = load_config("tiny").data
+    kwargs = dict(modalities=["video", "pose", "audio"], train=False)
+    plain = ClipDataset(store, ids, [0] * len(ids), cfg, **kwargs)
+    dark = ClipDataset(store, ids, [0] * len(ids), cfg, face_transform=Darken(0.8), **kwargs)
+    for i in range(len(ids)):
+        a, b = plain[i], dark[i]
+        assert not np.array_equal(a["video"].numpy(), b["video"].numpy())
+        assert b["video"].float().mean() < a["video"].float().mean()
+        for key in ("video_mask", "pose", "pose_mask", "audio", "audio_mask", "frame_time"):
+            assert np.array_equal(a[key].numpy(), b[key].numpy()), key
+        assert a["label"] == b["label"] and a["clip_id"] == b["clip_id"]
+
+
+@pytest.mark.slow
+def test_evaluate_writes_documented_columns_and_consistent_metrics(demo_run, tmp_path):
+    out = demo_run["out"]
+    out_csv = tmp_path / "preds.csv"
+    result = evaluate(out / "runs" / "video+pose+audio" / "best.pt", out / "features",
+                      modalities="video+audio", darken="0,1", out_csv=out_csv)
+    frame = pd.read_csv(out_csv, dtype={"clip_id": str})
+    assert list(frame.columns) == list(PREDICTION_COLUMNS)
+    assert set(frame["perturbation"]) == {"none", "darken:1"}
+    assert (frame["modalities"] == "video+audio").all()
+    assert (frame["trained_modalities"] == "video+pose+audio").all()
+    n_clips = frame["clip_id"].nunique()
+    assert len(frame) == 2 * n_clips and n_clips == result["passes"][0]["n"]
+
+    probs = frame[list(PROB_COLUMNS)].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (frame["pred"] == probs.argmax(axis=1)).all()
+    assert (frame["correct"] == (frame["pred"] == frame["label"]).astype(int)).all()
+    assert (frame["label_name"] == [CLASSES[i] for i in frame["label"]]).all()
+
+    manifest = pd.read_csv(out / "features" / "manifest.csv", dtype={"clip_id": str}).set_index("clip_id")
+    joined = manifest.loc[frame["clip_id"], list(QUALITY_COLUMNS)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame[list(QUALITY_COLUMNS)], joined, check_dtype=False)
+
+    saved = json.loads(metrics_path_for(out_csv).read_text())
+    assert saved == json.loads(json.dumps(saved))  # strict JSON
+    for p in saved["passes"]:
+        rows = frame[frame["perturbation"] == p["perturbation"]]
+        expected = classification_metrics(rows["label"], rows["pred"])
+        assert p["uar"] == pytest.approx(expected["uar"]) and p["war"] == pytest.approx(rows["correct"].mean())
+        assert p["confusion"] == expected["confusion"]
+        for name, r in expected["per_class_recall"].items():
+            assert (p["per_class_recall"][name] is None) if math.isnan(r) else p["per_class_recall"][name] == pytest.approx(r)
+
+
+@pytest.mark.slow
+def test_evaluate_rejects_modalities_the_model_lacks(demo_run, tmp_path):
+    out = demo_run["out"]
+    with pytest.raises(ConfigError, match="cannot use"):
+        evaluate(out / "runs" / "video" / "best.pt", out / "features", modalities="video+pose",
+                 out_csv=tmp_path / "x.csv")
+
+
+@pytest.mark.slow
+def test_predict_real_clip_and_unreadable_file(demo_run, clips_dir, assets_dir, tmp_path, capsys):
+    from dfew_mm.cli import main
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    clip = clips_dir / "dfew_samples" / "happy.mp4"
+    checkpoint = demo_run["out"] / "runs" / "video+pose+audio" / "best.pt"
+    code = main(["predict", str(clip), str(broken), str(tmp_path / "missing.mp4"), "--checkpoint", str(checkpoint),
+                 "--json", "--assets-dir", str(assets_dir)])
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert code == 1 and "2 of 3 clips could not be read" in captured.err
+    good, bad, missing = results
+    assert good["ok"] and good["clip"] == str(clip)
+    assert [t["emotion"] for t in good["top"]][0] == max(good["probs"], key=good["probs"].get)
+    assert sum(good["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert good["quality"]["face_rate"] > 0  # a real face was found and used
+    assert not bad["ok"] and "broken.mp4" in bad["error"]
+    assert not missing["ok"] and "does not exist" in missing["error"]

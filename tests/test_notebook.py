@@ -1,0 +1,45 @@
+"""The low-light notebook: committed without outputs, executed headless on the demo's predictions."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from dfew_mm.analysis import NOTEBOOK, execute_notebook, fix_table, load_predictions
+
+FIGURES = ("brightness_bins", "darkening_curves", "per_class_recall_low_light", "dark_face_crops")
+
+
+def test_notebook_is_committed_clean_and_parameterised():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    assert "predictions_dir" in next(c.source for c in code if "parameters" in c.metadata.get("tags", []))
+
+
+@pytest.mark.slow
+def test_demo_report_has_every_figure(demo_run):
+    report = demo_run["out"] / "report"
+    nb = nbformat.read(report / "low_light_analysis.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= len(FIGURES)
+    for name in FIGURES:
+        assert (report / "figures" / f"{name}.png").stat().st_size > 5000, name
+    html = (report / "low_light_analysis.html").read_text()
+    assert "Darkening curves" in html and "data:image/png;base64" in html
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_a_subset_of_predictions(demo_run, tmp_path):
+    """Re-executed on the face-only predictions alone: no fix table baseline pairs, still no error."""
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for path in (demo_run["out"] / "predictions").glob("video__video.*"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    notebook, html = execute_notebook(folder, tmp_path / "report", low_light_quantile=0.5)
+    assert html.is_file() and (tmp_path / "report" / "figures" / "darkening_curves.png").is_file()
+    data = load_predictions(folder)
+    assert fix_table(data).empty  # a baseline with nothing to compare against gives an empty table
