@@ -230,17 +230,19 @@ def plot_per_class(table: pd.DataFrame):
     return fig
 
 
-def plot_crop_grid(crops: Sequence[np.ndarray], examples: pd.DataFrame, columns: int = 6):
+def plot_crop_grid(crops: Sequence[np.ndarray], examples: pd.DataFrame, title: str = "", columns: int = 6):
     import matplotlib.pyplot as plt
 
     rows = max(1, int(np.ceil(len(crops) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, crop, (_, ex) in zip(axes.ravel(), crops, examples.iterrows()):
         ax.imshow(crop)
         ax.set_title(f"{ex['clip_id']} luma {ex['brightness']:.0f}\ntrue {ex['label_name']}\n"
                      f"pred {ex['pred_name']}", fontsize=8, color="green" if ex["correct"] else "red")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
