@@ -33,11 +33,12 @@ T, S = 16, 112
 
 
 # -- inputs that must not stop a run ------------------------------------------------------------
-def _write_video(path: Path, n_frames: int, colour=None, audio: bool = False, size=(160, 120)) -> Path:
+def _write_video(path: Path, n_frames: int, colour=None, audio: bool = False, size=(160, 120),
+                 options: dict | None = None) -> Path:
     """H.264 (+ AAC) clip written with PyAV: moving noise, or a plain colour if `colour` is given."""
     width, height = size
     rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=options or {}) as container:
         video = container.add_stream("libx264", rate=24)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = container.add_stream("aac", rate=44_100) if audio else None
@@ -67,6 +68,9 @@ def _make_mixed_folder(folder: Path, clips_dir: Path) -> Path:
     (folder / "zero_bytes.mp4").write_bytes(b"")
     data = (clips_dir / "dfew_samples" / "sad.mp4").read_bytes()
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])  # the index (moov) is cut off
+    whole = _write_video(folder.parent / "whole.mp4", 48, audio=True, size=(320, 240),
+                         options={"movflags": "faststart"}).read_bytes()  # index first, then the data
+    (folder / "cut_short.mp4").write_bytes(whole[: len(whole) // 2])
     frames = [Image.fromarray(np.full((96, 128, 3), 20 * i, np.uint8)) for i in range(12)]
     frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
     _write_video(folder / "silent_noise.mp4", 30)  # no audio track
@@ -90,7 +94,7 @@ def test_run_finishes_with_one_row_per_clip(mixed_store):
     code, store, manifest = mixed_store
     assert code == 0
     assert tuple(store.manifest.columns) == MANIFEST_COLUMNS
-    assert len(manifest) == 16
+    assert len(manifest) == 17
     assert not list(store.path.rglob("*.tmp"))
 
 
@@ -149,6 +153,13 @@ def test_unreadable_files_fail_with_a_reason(mixed_store, clip_id, reason):
     row = manifest.loc[clip_id]
     assert row["status"] == "failed" and reason in row["error"]
     assert clip_id not in store
+
+
+def test_file_cut_short_keeps_the_decodable_part(mixed_store):
+    _, store, manifest = mixed_store
+    row = manifest.loc["cut_short"]
+    assert row["status"] == "ok" and "truncated" in row["error"] and 0 < row["n_frames"] < 48
+    assert store["cut_short"]["frame_index"].max() < row["n_frames"]
 
 
 def test_gif_falls_back_to_pyav(mixed_store):

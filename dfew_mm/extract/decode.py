@@ -7,7 +7,7 @@ decord is the main decoder (it seeks to the sampled frames only); containers it 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class DecodedClip:
     audio: np.ndarray  # (N,) float32 in [-1, 1], 16 kHz mono; (0,) without an audio track
     has_audio: bool
     backend: str  # "decord" or "pyav"
+    notes: list[str] = field(default_factory=list)  # degradations worth a line in the manifest
 
     @property
     def duration_s(self) -> float:
@@ -93,52 +94,64 @@ def _decode_decord(path: Path, t: int) -> DecodedClip:
 
 # -- PyAV fallback ---------------------------------------------------------------------------
 def _decode_pyav(path: Path, t: int) -> DecodedClip:
+    """Sequential decoding: a first pass counts the decodable frames (a truncated file keeps the
+    frames before the damage), a second keeps the sampled ones."""
     import av
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise DecodeError("no video stream")
         stream = container.streams.video[0]
-        # Count frames by demuxing only (cheap), since many containers do not store the count.
-        n_frames = sum(1 for packet in container.demux(stream) if packet.size)
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        declared = stream.frames  # 0 when the container does not say
+        n_frames = sum(1 for _ in _frames_until_error(container, stream))
     index = sample_indices(n_frames, t)
     wanted = {int(i) for i in index}
     kept: dict[int, np.ndarray] = {}
     kept_time: dict[int, float] = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        for i, frame in enumerate(container.decode(stream)):
+        for i, frame in enumerate(_frames_until_error(container, stream)):
             if i in wanted:
                 kept[i] = frame.to_ndarray(format="rgb24")
                 kept_time[i] = float(frame.time) if frame.time is not None else i / fps
             if i >= index[-1]:
                 break
-    if not kept:
-        raise DecodeError("no frame could be decoded")
-    last = max(kept)  # a truncated stream decodes fewer frames than it has packets
-    frames = np.stack([kept[min(int(i), last)] if int(i) in kept else kept[last] for i in index])
-    times = np.array([kept_time.get(int(i), kept_time[last]) for i in index], dtype=np.float32)
+    if len(kept) < len(wanted):
+        raise DecodeError(f"only {len(kept)} of {len(wanted)} sampled frames could be decoded")
+    frames = np.stack([kept[int(i)] for i in index])  # (T, H, W, 3)
+    times = np.array([kept_time[int(i)] for i in index], dtype=np.float32)
     samples, has_audio = _audio_pyav(path)
     height, width = frames.shape[1:3]
-    return DecodedClip(frames, index, times, n_frames, fps, width, height, samples, has_audio, "pyav")
+    notes = [f"truncated: {n_frames} of {declared} frames decodable"] if declared > n_frames else []
+    return DecodedClip(frames, index, times, n_frames, fps, width, height, samples, has_audio, "pyav", notes)
+
+
+def _frames_until_error(container, stream):
+    """Decoded frames of `stream`, stopping quietly where the data is damaged or cut off."""
+    try:
+        yield from container.decode(stream)
+    except Exception as err:  # PyAV raises InvalidDataError/EOFError subclasses at the damage
+        log.debug("decoding stopped early: %s", err)
 
 
 def _audio_pyav(path: Path) -> tuple[np.ndarray, bool]:
-    """The first audio stream resampled to 16 kHz mono float32, or an empty array if none."""
+    """The first audio stream resampled to 16 kHz mono float32, or an empty array if none.
+
+    A damaged or cut-off track keeps the audio decoded before the damage.
+    """
     import av
 
+    chunks: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 return np.zeros(0, np.float32), False
             resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            chunks = []
-            for frame in container.decode(container.streams.audio[0]):
+            for frame in _frames_until_error(container, container.streams.audio[0]):
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
             chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
     except Exception as err:
         log.debug("%s: audio track not decodable (%s)", path, err)
-        return np.zeros(0, np.float32), False
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     return samples, samples.size > 0

@@ -119,7 +119,7 @@ class ClipExtractor:
         if self.blendshapes is not None:
             arrays["blendshapes"] = self.blendshapes.estimate(faces, track.mask)  # (T, 52)
 
-        notes = []
+        notes = list(clip.notes)
         if clip.n_frames < opts.frames:
             notes.append(f"short clip: {clip.n_frames} frames < {opts.frames}, frames repeated")
         if not track.mask.any():
