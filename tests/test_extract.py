@@ -209,7 +209,8 @@ def test_interrupted_run_resumes(tmp_path, synth_root, assets_dir):
     out = tmp_path / "features"
     args = ["--dfew-root", str(synth_root), "--out", str(out), "--assets-dir", str(assets_dir),
             "--limit", "8", "--no-progress"]
-    proc = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Interrupt a run with two worker processes; resume with one (both code paths).
+    proc = subprocess.Popen(_cli(*args, "--workers", "2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "records").glob("*.json"))) < 2:
         time.sleep(0.2)
