@@ -1,6 +1,6 @@
 """Feature extraction: decode -> face crops -> pose -> audio fbank -> quality stats -> feature store.
 
-Modules: assets (MediaPipe model files), decode (decord, PyAV fallback), face, pose, audio,
+Modules: assets (MediaPipe model files), decode (decord, PyAV fallback), images, face, pose, audio,
 quality, blendshapes (optional), worker (one clip), run (listing, sharding, resume, processes).
 """
 
