@@ -259,7 +259,8 @@ def _run_train(args) -> int:
     else:
         cfg = _experiment_config(args, extra + ([f"train.out_dir={args.out}"] if args.out else []))
     run_dir = train(cfg, resume=bool(args.resume), stop_after_epochs=args.stop_after)
-    _finish_distributed()
+    if not _finish_distributed():
+        return 0
     metrics = run_dir / "test_metrics.json"
     if metrics.is_file():
         import json
@@ -285,17 +286,22 @@ def _run_cv(args) -> int:
     from dfew_mm.cv import cross_validate, format_summary
 
     table = cross_validate(_experiment_config(args), args.folds, args.out)
-    _finish_distributed()
+    if not _finish_distributed():
+        return 0
     print(format_summary(table))
     print(f"summary: {Path(args.out) / 'cv_summary.txt'}")
     return 0
 
 
-def _finish_distributed() -> None:
+def _finish_distributed() -> bool:
+    """End a torchrun process group if there is one; True on the process that should print."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return True
+    main = dist.get_rank() == 0
+    dist.destroy_process_group()
+    return main
 
 
 # -- demo ------------------------------------------------------------------------------------

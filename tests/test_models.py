@@ -21,6 +21,15 @@ B, T, S, F = 3, 4, 32, 150
 SUBSETS = [list(c) for r in (1, 2, 3) for c in itertools.combinations(("video", "pose", "audio"), r)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids oversubscribing the shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_model_config(modalities=("video", "pose", "audio"), **over) -> ModelConfig:
     overrides = [f"model.modalities=[{','.join(modalities)}]", "model.audio.max_length=160", "data.audio_frames=150",
                  "model.video.input_size=0", *[f"{k}={v}" for k, v in over.items()]]
@@ -164,7 +173,7 @@ def test_audio_weights_load_from_a_local_checkpoint(tmp_path):
 
 
 def test_audio_download_failure_says_how_to_work_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # fail fast, like a machine offline
     cfg = small_model_config().audio
     cfg.pretrained, cfg.checkpoint = True, "no-such-org/no-such-ast-model"
     with pytest.raises(AssetError, match="pretrained=false"):

@@ -22,6 +22,15 @@ SMALL = ["data.face_size=32", "data.frames=4", "data.audio_frames=100", "model.a
          "model.video.input_size=0", "train.epochs=3", "train.batch_size=8", "train.device=cpu"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids oversubscribing the shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """30 clips, clip 3 never extracted (so runs need allow_missing), clip 8 without audio."""
@@ -94,7 +103,7 @@ def test_two_process_ddp_on_cpu_writes_one_set_of_checkpoints(store, tmp_path):
     dfew, path = store
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "dfew_mm.cli", "train", "--config", "tiny", "--store", str(path), "--dfew-root", str(dfew),
            "--out", str(out), "--allow-missing", "--modalities", "video,pose,audio", *SMALL,
            "train.epochs=2", "train.class_balance=sampler"]

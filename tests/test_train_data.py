@@ -128,3 +128,16 @@ def test_face_size_mismatch_names_the_setting(small_store):
                      train=False)
     with pytest.raises(StoreError, match="data.face_size"):
         ds[0]
+
+
+def test_worker_batches_equal_in_process_batches(small_store):
+    from torch.utils.data import DataLoader
+
+    dfew, path = small_store
+    ds = ClipDataset(FeatureStore(path), ["7", "8", "9", "10"], [0, 1, 2, 3], data_config(dfew, path),
+                     ["video", "pose", "audio"], train=True, seed=5)
+    batches = [next(iter(DataLoader(ds, batch_size=4, num_workers=w, collate_fn=collate))) for w in (0, 2)]
+    for key, value in batches[0].items():
+        other = batches[1][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+    assert batches[1]["video"].shape == (4, 6, 3, 32, 32)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence, TypedDict
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from dfew_mm.config import DataConfig
 from dfew_mm.constants import MODALITIES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNELS
@@ -215,6 +215,8 @@ class ClipDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         t_stored = len(arrays["frame_time"])
         idx = frame_indices(t_stored, cfg.frames, rng)
+        if len(idx) == t_stored and (idx == np.arange(t_stored)).all():
+            idx = slice(None)  # every stored frame in order: use the loaded arrays without a copy
         present = np.full(cfg.frames, t_stored > 0)
         frame_time = arrays["frame_time"][idx] if t_stored else np.zeros(cfg.frames, np.float32)
         size = cfg.face_size
@@ -225,10 +227,11 @@ class ClipDataset(Dataset):
                                  f"({size}, {size}, 3); set data.face_size to the store's face size")
             if self.face_transform is not None:
                 faces = self.face_transform(faces, rng if rng is not None else np.random.default_rng([self.seed, index]))
-            video = torch.from_numpy(np.ascontiguousarray(faces[idx])).permute(0, 3, 1, 2)  # (T, 3, S, S)
+            # (T, S, S, 3) memory seen as (T, 3, S, S): a channels-last view, no copy
+            video = torch.from_numpy(np.ascontiguousarray(faces[idx])).permute(0, 3, 1, 2)
             video_mask = torch.from_numpy(arrays["face_mask"][idx] & present)
         else:
-            video = torch.zeros(cfg.frames, 3, size, size, dtype=torch.uint8)
+            video = torch.zeros(cfg.frames, size, size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
             video_mask = torch.zeros(cfg.frames, dtype=torch.bool)
         if "pose" in self.modalities and t_stored:
             pose = torch.from_numpy(arrays["pose"][idx].astype(np.float32))  # (T, 33, 4)
@@ -245,10 +248,24 @@ class ClipDataset(Dataset):
                       label=int(self.labels[index]), clip_id=clip_id)
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack that, inside a DataLoader worker, writes straight into shared memory (as torch's
+    default_collate does), so the batch is not copied again on its way to the main process."""
+    out = None
+    if get_worker_info() is not None:
+        numel = sum(t.numel() for t in tensors)
+        storage = tensors[0]._typed_storage()._new_shared(numel, device=tensors[0].device)
+        out = tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape)
+    return torch.stack(tensors, out=out)
+
+
 def collate(samples: list[Sample]) -> Batch:
     """Stack samples into a `Batch` (all samples share T, F and S by construction)."""
-    stack = lambda key: torch.stack([s[key] for s in samples])  # noqa: E731
-    return Batch(video=stack("video"), video_mask=stack("video_mask"), pose=stack("pose"),
+    stack = lambda key: _stack([s[key] for s in samples])  # noqa: E731
+    # Stack faces in their stored (T, S, S, 3) layout (a plain memcpy) and view them as
+    # (B, T, 3, S, S); the encoder then works channels-last without another copy.
+    video = _stack([s["video"].permute(0, 2, 3, 1) for s in samples]).permute(0, 1, 4, 2, 3)
+    return Batch(video=video, video_mask=stack("video_mask"), pose=stack("pose"),
                  pose_mask=stack("pose_mask"), audio=stack("audio"), audio_mask=stack("audio_mask"),
                  audio_start=torch.tensor([s["audio_start"] for s in samples], dtype=torch.float32),
                  frame_time=stack("frame_time"),
