@@ -20,6 +20,7 @@ from dfew_mm.extract.audio import log_mel_fbank
 from dfew_mm.extract.decode import DecodeError, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
 from dfew_mm.extract.images import downscale
+from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_logs
 from dfew_mm.extract.pose import PoseEstimator
 from dfew_mm.extract.quality import frame_luma, masked_mean_luma, rms_db
 
@@ -73,13 +74,23 @@ class ClipExtractor:
 
     def __init__(self, options: ExtractOptions, model_paths: dict[str, Path]):
         self.options = options
-        self.faces = [FaceDetector(model_paths[key], options.face_confidence) for key in options.face_detector_keys()]
-        self.pose = PoseEstimator(model_paths[f"pose_landmarker_{options.pose_model}"], options.pose_confidence)
-        self.blendshapes = None
-        if options.blendshapes:
-            from dfew_mm.extract.blendshapes import BlendshapeEstimator
+        quiet_decoder_logs()
+        with native_stderr_silenced():  # MediaPipe start-up chatter, including the first inference
+            self.faces = [FaceDetector(model_paths[key], options.face_confidence)
+                          for key in options.face_detector_keys()]
+            self.pose = PoseEstimator(model_paths[f"pose_landmarker_{options.pose_model}"], options.pose_confidence)
+            self.blendshapes = None
+            if options.blendshapes:
+                from dfew_mm.extract.blendshapes import BlendshapeEstimator
 
-            self.blendshapes = BlendshapeEstimator(model_paths["face_landmarker"])
+                self.blendshapes = BlendshapeEstimator(model_paths["face_landmarker"])
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        blank = np.zeros((1, 64, 64, 3), np.uint8)
+        for detector in self.faces:
+            detector.detect(blank[0])
+        self.pose.estimate(blank, np.zeros(1, np.float32))
 
     def extract(self, clip_id: str, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
         """(manifest record, arrays); arrays is None for a failed clip. Never raises for bad input."""
@@ -142,11 +153,12 @@ class ClipExtractor:
         return arrays, stats, notes
 
     def close(self) -> None:
-        for detector in self.faces:
-            detector.close()
-        self.pose.close()
-        if self.blendshapes is not None:
-            self.blendshapes.close()
+        with native_stderr_silenced():
+            for detector in self.faces:
+                detector.close()
+            self.pose.close()
+            if self.blendshapes is not None:
+                self.blendshapes.close()
 
 
 def _round(value: float, digits: int = 3) -> float:
