@@ -25,11 +25,12 @@ from dfew_mm.evaluate import modality_label
 
 log = logging.getLogger(__name__)
 
-# (run name, trained modalities, modality subsets evaluated): the face-only baseline, and one fused
-# model evaluated with each subset that adds something to the face.
+# (run name, trained modalities, config overrides, modality subsets evaluated): the face-only
+# baseline, and one fused model evaluated with each subset that adds something to the face. The fused
+# model trains with modality dropout so that it also works when a modality is masked out.
 RUNS = (
-    ("video", ("video",), (("video",),)),
-    ("video+pose+audio", ("video", "pose", "audio"),
+    ("video", ("video",), (), (("video",),)),
+    ("video+pose+audio", ("video", "pose", "audio"), ("train.modality_dropout=0.25",),
      (("video", "pose"), ("video", "audio"), ("video", "pose", "audio"))),
 )
 DEMO_DARKEN = "0,0.25,0.5,0.75,1"
@@ -97,7 +98,7 @@ def _train(dfew_root: Path, store: Path, runs: Path, epochs: int | None, seed: i
     from dfew_mm.train import train
 
     checkpoints = {}
-    for name, modalities, _ in RUNS:
+    for name, modalities, run_overrides, _ in RUNS:
         run_dir = runs / name
         if (run_dir / "test_metrics.json").is_file():
             log.info("run %s already trained", run_dir)
@@ -105,7 +106,8 @@ def _train(dfew_root: Path, store: Path, runs: Path, epochs: int | None, seed: i
             items = [f"data.store={store}", f"data.dfew_root={dfew_root}", f"train.out_dir={run_dir}",
                      f"train.seed={seed}", f"model.modalities=[{','.join(modalities)}]"]
             items += [f"train.epochs={epochs}"] if epochs else []
-            train(load_config("tiny", [*items, *overrides]), resume=(run_dir / "last.pt").is_file())
+            cfg = load_config("tiny", [*items, *run_overrides, *overrides])
+            train(cfg, resume=(run_dir / "last.pt").is_file())
         checkpoints[name] = run_dir / "best.pt"
     return checkpoints
 
@@ -113,7 +115,7 @@ def _train(dfew_root: Path, store: Path, runs: Path, epochs: int | None, seed: i
 def _evaluate(checkpoints: dict[str, Path], store: Path, folder: Path, darken: str) -> Path:
     from dfew_mm.evaluate import evaluate
 
-    for name, _, subsets in RUNS:
+    for name, _, _, subsets in RUNS:
         for subset in subsets:
             out_csv = folder / f"{name}__{modality_label(subset)}.csv"
             evaluate(checkpoints[name], store, modalities=list(subset), darken=darken, out_csv=out_csv)
