@@ -117,7 +117,8 @@ class ClipExtractor:
         track = track_faces(self.faces, small)
         margin = opts.face_margin if track.mask.any() else 0.0  # the centre fallback crop stays in frame
         faces = crop_faces(clip.frames, track.boxes, opts.face_size, margin)  # (T, S, S, 3)
-        pose, pose_mask = self.pose.estimate(small, clip.frame_time)
+        with native_stderr_silenced():  # a harmless projection warning on the first non-square frame
+            pose, pose_mask = self.pose.estimate(small, clip.frame_time)
         audio = log_mel_fbank(clip.audio)  # (F, 128) float16
         luma = frame_luma(small)  # (T,)
 
