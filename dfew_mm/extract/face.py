@@ -160,13 +160,14 @@ def track_faces(detectors: list[FaceDetector], frames: np.ndarray) -> FaceTrack:
     """Detect, select the main face and fill/smooth its boxes for (T, H, W, 3) frames.
 
     With several detectors (short- and full-range BlazeFace), each gives a main-face track and
-    the track with the highest summed score wins: close-ups suit the short-range model, wide
-    shots with small faces the full-range one, and one model per clip keeps box sizes consistent.
+    the track covering most frames wins (then the higher summed score): close-ups suit the
+    short-range model, wide shots with small faces the full-range one, and one model per clip
+    keeps box sizes consistent.
     """
     best = None
     for detector in detectors:
         boxes, mask, scores = select_main_face([detector.detect(frame) for frame in frames])
-        if best is None or scores.sum() > best[2].sum():
+        if best is None or (mask.sum(), scores.sum()) > (best[1].sum(), best[2].sum()):
             best = (boxes, mask, scores)
     boxes, mask, _ = best
     aspect = frames.shape[2] / frames.shape[1]
