@@ -1,9 +1,9 @@
 """Low-light analysis of prediction files: the tables and figures behind notebooks/low_light_analysis.
 
 Input is a folder of prediction files written by `dfew_mm evaluate` (PREDICTION_COLUMNS), one or
-more runs, modality subsets and darkening strengths. A *system* is one (run, modalities) pair,
-labelled by its modalities ("video", "video+pose", ...); when two runs share a modality label the
-run name is added. Brightness of a clip is the mean luma of its face crops (`face_luma_mean`);
+more runs, folds, modality subsets and darkening strengths. A *system* is a model configuration
+evaluated with a modality subset, labelled by that subset ("video", "video+pose", ...); the folds of
+a cross-validation pool into one system. Brightness of a clip is the mean luma of its face crops (`face_luma_mean`);
 for clips where no face was found it falls back to the whole-frame `luma_mean`, because those are
 often the darkest clips and dropping them would hide the hardest cases.
 """
@@ -44,16 +44,27 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
         frames.append(frame.assign(source=path.name))
     data = pd.concat(frames, ignore_index=True)
     data["system"] = _system_labels(data)
+    key = ["system", "perturbation", "fold", "clip_id"]
+    repeated = data.duplicated(key, keep="last")
+    if repeated.any():
+        log.warning("%d rows repeat a (system, perturbation, fold, clip) of another file; keeping the last "
+                    "file's (%s)", int(repeated.sum()), ", ".join(sorted(data.loc[repeated, "source"].unique())))
+        data = data[~repeated].reset_index(drop=True)
     data["brightness"] = data["face_luma_mean"].fillna(data["luma_mean"])
     log.info("loaded %d rows from %d prediction files", len(data), len(files))
     return data
 
 
 def _system_labels(data: pd.DataFrame) -> pd.Series:
-    runs_per_label = data.groupby("modalities")["run"].nunique()
-    shared = set(runs_per_label[runs_per_label > 1].index)
-    return pd.Series([f"{m} [{r}]" if m in shared else m for m, r in zip(data["modalities"], data["run"])],
-                     index=data.index)
+    """Modalities label, plus the trained modalities where models trained differently share it.
+
+    Runs of the same configuration on different folds pool into one system; a face-only model and
+    a fused model evaluated on video alone stay apart ("video" vs "video [of video+pose+audio]").
+    """
+    trained_per_label = data.groupby("modalities")["trained_modalities"].nunique()
+    shared = set(trained_per_label[trained_per_label > 1].index)
+    return pd.Series([f"{m} [of {t}]" if m in shared and m != t else m
+                      for m, t in zip(data["modalities"], data["trained_modalities"])], index=data.index)
 
 
 def systems_in_order(data: pd.DataFrame) -> list[str]:

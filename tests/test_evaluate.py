@@ -115,11 +115,14 @@ def test_evaluate_writes_documented_columns_and_consistent_metrics(demo_run, tmp
 
 
 @pytest.mark.slow
-def test_evaluate_rejects_modalities_the_model_lacks(demo_run, tmp_path):
+def test_evaluate_cli_rejects_modalities_the_model_lacks(demo_run, tmp_path, capsys):
+    from dfew_mm.cli import main
+
     out = demo_run["out"]
-    with pytest.raises(ConfigError, match="cannot use"):
-        evaluate(out / "runs" / "video" / "best.pt", out / "features", modalities="video+pose",
-                 out_csv=tmp_path / "x.csv")
+    code = main(["evaluate", "--checkpoint", str(out / "runs" / "video" / "best.pt"), "--store",
+                 str(out / "features"), "--modalities", "video+pose", "--out", str(tmp_path / "x.csv")])
+    assert code == 2 and "cannot use ['pose']" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
 
 
 @pytest.mark.slow
