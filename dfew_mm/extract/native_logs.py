@@ -34,7 +34,7 @@ def native_stderr_silenced():
 
 
 def quiet_decoder_logs() -> None:
-    """decord's bundled FFmpeg logs every damaged file; the manifest records the reason instead."""
+    """decord's bundled FFmpeg logs damaged files at its own level; the manifest records the reason."""
     if not log.isEnabledFor(logging.DEBUG):
         import decord.logging
 

@@ -117,8 +117,10 @@ _EXTRACTOR: ClipExtractor | None = None
 _STORE: FeatureStore | None = None
 
 
-def _init_worker(options: ExtractOptions, model_paths: dict[str, Path], store_path: Path) -> None:
+def _init_worker(options: ExtractOptions, model_paths: dict[str, Path], store_path: Path, log_level: int) -> None:
     global _EXTRACTOR, _STORE
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+                        datefmt="%H:%M:%S")  # spawned processes do not inherit the parent's logging setup
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     # pool.terminate() sends SIGTERM: raising unwinds atomic writes, which delete their temp file.
     signal.signal(signal.SIGTERM, _raise_exit)
@@ -244,7 +246,8 @@ def _records(todo: list[tuple[str, Path]], options: ExtractOptions, model_paths:
             _EXTRACTOR = _STORE = None
         return
     # spawn: MediaPipe and decord hold threads that do not survive fork safely.
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(options, model_paths, out))
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                        initargs=(options, model_paths, out, logging.getLogger().getEffectiveLevel()))
     try:
         yield from pool.imap_unordered(_process, todo, chunksize=1)
         pool.close()

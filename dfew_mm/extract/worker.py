@@ -112,7 +112,8 @@ class ClipExtractor:
 
     def _extract(self, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
         opts = self.options
-        clip = decode_clip(path, opts.frames)
+        with native_stderr_silenced():  # decord logs damaged files itself; the record keeps the reason
+            clip = decode_clip(path, opts.frames)
         small = downscale(clip.frames, opts.detect_max_side)  # (T, h, w, 3)
         track = track_faces(self.faces, small)
         margin = opts.face_margin if track.mask.any() else 0.0  # the centre fallback crop stays in frame
