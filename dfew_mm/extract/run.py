@@ -145,11 +145,15 @@ def _raise_exit(signum, frame) -> None:
 def _process(item: tuple[str, Path]) -> dict:
     clip_id, path = item
     record, arrays = _EXTRACTOR.extract(clip_id, path)
-    if arrays is not None:
-        _STORE.write_clip(clip_id, arrays)
-    else:
-        _STORE.clip_path(clip_id).unlink(missing_ok=True)  # a stale clip from an earlier run
-    _STORE.write_record(record)  # last: a record with status ok means the clip file is complete
+    try:
+        if arrays is not None:
+            _STORE.write_clip(clip_id, arrays)
+        else:
+            _STORE.clip_path(clip_id).unlink(missing_ok=True)  # a stale clip from an earlier run
+        _STORE.write_record(record)  # last: a record with status ok means the clip file is complete
+    except OSError as err:  # disk full, permissions: stop the run, finished clips stay valid
+        raise StoreError(f"cannot write clip {clip_id} into {_STORE.path}: {err}; fix this and re-run "
+                         "the same command to resume") from None
     return record
 
 
