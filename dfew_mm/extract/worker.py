@@ -121,7 +121,7 @@ class ClipExtractor:
         with native_stderr_silenced():  # a harmless projection warning on the first non-square frame
             pose, pose_mask = self.pose.estimate(small, clip.frame_time)
         audio = log_mel_fbank(clip.audio)  # (F, 128) float16
-        luma = frame_luma(small)  # (T,)
+        luma = frame_luma(clip.frames)  # (T,), full resolution (cv2.mean is cheap)
 
         arrays = {
             "faces": faces, "face_mask": track.mask, "face_boxes": track.boxes.astype(np.float32),
