@@ -293,6 +293,47 @@ def _run_cv(args) -> int:
     return 0
 
 
+def _add_embed(sub) -> None:
+    p = _parser(sub, "embed", "Run the frozen video/audio encoders once over a store and cache their outputs.",
+                "dfew_mm embed --config default --store features/dfew --out features/dfew_emb",
+                "dfew_mm embed --config tiny --store features/synth --out features/synth_emb")
+    _add_experiment_args(p)
+    p.add_argument("--out", required=True, help="cache folder (created; resumed if present)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def _run_embed(args) -> int:
+    from dfew_mm.data.embeddings import build_cache
+
+    out = build_cache(_experiment_config(args), args.out, batch_size=args.batch_size, device=args.device)
+    print(f"embedding cache: {out}")
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    p = _parser(sub, "sweep", "Train every non-empty modality subset over the chosen folds from an embedding cache; "
+                "writes one table.",
+                "dfew_mm sweep --config default --cache features/dfew_emb --folds 1-5 --out runs/sweep",
+                "dfew_mm sweep --config tiny --cache features/synth_emb --folds 1,2 --out runs/sweep_tiny")
+    _add_experiment_args(p)
+    p.add_argument("--cache", required=True, help="embedding cache from `dfew_mm embed`")
+    p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
+    p.add_argument("--out", required=True, help="folder for <modalities>/fold_k/ runs and sweep_summary.{csv,txt}")
+
+
+def _run_sweep(args) -> int:
+    from dfew_mm.cv import sweep
+
+    cfg = _experiment_config(args, [f"data.embedding_cache={args.cache}", "model.video.freeze=all",
+                                    "model.audio.freeze=all"])
+    sweep(cfg, args.folds, args.out)
+    if not _finish_distributed():
+        return 0
+    print((Path(args.out) / "sweep_summary.txt").read_text(), end="")
+    return 0
+
+
 def _finish_distributed() -> bool:
     """End a torchrun process group if there is one; True on the process that should print."""
     import torch.distributed as dist
@@ -346,6 +387,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "demo": (_add_demo, _run_demo),
     "train": (_add_train, _run_train),
     "cv": (_add_cv, _run_cv),
+    "embed": (_add_embed, _run_embed),
+    "sweep": (_add_sweep, _run_sweep),
 }
 
 

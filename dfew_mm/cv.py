@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -69,3 +70,31 @@ def cross_validate(cfg: ExperimentConfig, folds: Sequence[int], out_dir: str | P
         table.to_csv(out_dir / "cv_summary.csv", index=False, float_format="%.4f")
         (out_dir / "cv_summary.txt").write_text(format_summary(table) + "\n")
     return table
+
+
+def modality_subsets(modalities: Sequence[str]) -> list[list[str]]:
+    """Every non-empty subset, singletons first: [[video], [pose], ..., [video, pose, audio]]."""
+    return [list(c) for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
+
+
+def sweep(cfg: ExperimentConfig, folds: Sequence[int], out_dir: str | Path) -> pd.DataFrame:
+    """Cross-validate every non-empty subset of `cfg.model.modalities` into OUT/<a+b>/fold_k and write
+    OUT/sweep_summary.{csv,txt}: one row per subset with mean ± std test UAR and WAR over the folds."""
+    from dfew_mm.train import setup_distributed
+
+    out_dir = Path(out_dir)
+    rows = []
+    for subset in modality_subsets(cfg.model.modalities):
+        name = "+".join(subset)
+        sub_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, modalities=subset))
+        table = cross_validate(sub_cfg, folds, out_dir / name).set_index("fold")
+        rows.append({"modalities": name, "folds": len(folds),
+                     "uar": table.at["mean", "uar"], "uar_std": table.at["std", "uar"],
+                     "war": table.at["mean", "war"], "war_std": table.at["std", "war"]})
+    summary = pd.DataFrame(rows)
+    if setup_distributed(cfg.train.device).main:
+        summary.to_csv(out_dir / "sweep_summary.csv", index=False, float_format="%.4f")
+        text = "\n".join(f"{r.modalities:18s} UAR {r.uar:6.2f} ± {r.uar_std:5.2f}   WAR {r.war:6.2f} ± {r.war_std:5.2f}"
+                         for r in summary.itertuples())
+        (out_dir / "sweep_summary.txt").write_text(f"test fold metrics (%), folds {list(folds)}\n{text}\n")
+    return summary

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from dfew_mm.config import ExperimentConfig, from_dict, git_sha, to_dict, write_run_record
 from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset, batch_to, collate, fold_splits
+from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.store import FeatureStore, atomic_write_bytes
 from dfew_mm.errors import ConfigError, DfewMMError
 from dfew_mm.metrics import classification_metrics, format_metrics
@@ -99,9 +100,10 @@ class BalancedSampler(Sampler[int]):
         return iter(draw[self.rank::self.world].tolist())
 
 
-def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist):
+def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist, cache: EmbeddingCache | None):
     mods, seed = list(cfg.model.modalities), cfg.train.seed
-    train_set = ClipDataset(store, splits.train.ids, splits.train.labels, cfg.data, mods, train=True, seed=seed)
+    train_set = ClipDataset(store, splits.train.ids, splits.train.labels, cfg.data, mods, train=True, seed=seed,
+                            cache=cache)
     if cfg.train.class_balance == "sampler":
         sampler = BalancedSampler(splits.train.labels, d.rank, d.world, seed)
     else:
@@ -112,7 +114,7 @@ def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist):
                               **common)
 
     def eval_loader(split) -> DataLoader:  # every rank evaluates a disjoint shard; results are gathered
-        full = ClipDataset(store, split.ids, split.labels, cfg.data, mods, train=False, seed=seed)
+        full = ClipDataset(store, split.ids, split.labels, cfg.data, mods, train=False, seed=seed, cache=cache)
         return DataLoader(Subset(full, range(d.rank, len(full), d.world)), batch_size=cfg.train.batch_size,
                           shuffle=False, **common)
 
@@ -270,7 +272,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
 
     store = FeatureStore(cfg.data.store)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
-    train_set, train_loader, val_loader, test_loader = make_loaders(cfg, store, splits, d)
+    cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
+    if cache is not None:
+        cache.check(cfg)
+    train_set, train_loader, val_loader, test_loader = make_loaders(cfg, store, splits, d, cache)
     log.info("fold %d: %d train, %d val, %d test clips; modalities %s; device %s x%d", cfg.data.fold,
              len(splits.train.ids), len(splits.val.ids), len(splits.test.ids), ",".join(cfg.model.modalities),
              d.device, d.world)
@@ -278,6 +283,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     model = build_model(cfg.model)
     if not resume:
         load_pretrained(model, cfg.model)
+        if cache is not None:  # the frozen encoders that made the cache, so checkpoints match it
+            for name, state in cache.encoder_state().items():
+                if name in model.encoders:
+                    model.encoders[name].load_state_dict(state, strict=True)
     model.modality_dropout = cfg.train.modality_dropout
     model.to(d.device)
     if d.device.type == "cuda" and cfg.train.channels_last:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypedDict
+from typing import TYPE_CHECKING, Callable, NotRequired, Sequence, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ from dfew_mm.constants import MODALITIES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNEL
 from dfew_mm.data.dfew import load_fold
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import StoreError
+
+if TYPE_CHECKING:
+    from dfew_mm.data.embeddings import EmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ class Batch(TypedDict):
     frame_time: torch.Tensor  # (B, T) float32 seconds
     label: torch.Tensor  # (B,) int64
     clip_id: list[str]
+    # Only when training from an embedding cache (`dfew_mm embed`): frozen-backbone outputs that
+    # replace running the video / audio encoders.
+    video_emb: NotRequired[torch.Tensor]  # (B, T, D_v) float32
+    audio_emb: NotRequired[torch.Tensor]  # (B, T_a, D_a) float32
+    audio_emb_mask: NotRequired[torch.Tensor]  # (B, T_a) bool
+    audio_emb_time: NotRequired[torch.Tensor]  # (B, T_a) float32 seconds
 
 
 # -- fold lists -> store ids -------------------------------------------------------------------
@@ -173,12 +182,13 @@ class ClipDataset(Dataset):
     Only the arrays of the requested modalities are read; absent modalities come as zeros with
     an all-false mask so that batches always have the same keys. With `train=True` frames and
     the audio crop are drawn at random from a generator seeded by (seed, epoch, index), so runs
-    and resumed runs see the same samples.
+    and resumed runs see the same samples. With an embedding `cache`, faces and filterbanks are
+    not read: the cached frozen-backbone outputs of the same (centre) frames come instead.
     """
 
     def __init__(self, store: FeatureStore, clip_ids: Sequence[str], labels: Sequence[int], data_cfg: DataConfig,
                  modalities: Sequence[str], train: bool, face_transform: FaceTransform | None = None,
-                 seed: int = 0):
+                 seed: int = 0, cache: EmbeddingCache | None = None):
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown or not modalities:
             raise StoreError(f"modalities {list(modalities)}: choose a non-empty subset of {', '.join(MODALITIES)}")
@@ -187,6 +197,9 @@ class ClipDataset(Dataset):
         self.store, self.ids, self.labels = store, list(clip_ids), np.asarray(labels, dtype=np.int64)
         self.cfg, self.modalities, self.train = data_cfg, tuple(modalities), train
         self.face_transform, self.seed, self.epoch = face_transform, seed, 0
+        self.cache = cache
+        if cache is not None and face_transform is not None:
+            raise ValueError("a face_transform cannot apply to cached embeddings; read the store instead")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -197,10 +210,10 @@ class ClipDataset(Dataset):
     def _arrays(self, clip_id: str) -> dict[str, np.ndarray]:
         wanted = {"frame_time"}
         if "video" in self.modalities:
-            wanted |= {"faces", "face_mask"}
+            wanted |= {"face_mask"} if self.cache is not None else {"faces", "face_mask"}
         if "pose" in self.modalities:
             wanted |= {"pose", "pose_mask"}
-        if "audio" in self.modalities:
+        if "audio" in self.modalities and self.cache is None:
             wanted.add("audio")
         path = self.store.clip_path(clip_id)
         try:
@@ -212,7 +225,8 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         clip_id, cfg = self.ids[index], self.cfg
         arrays = self._arrays(clip_id)
-        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        # Cached embeddings belong to the centre frames, so the cache path samples those too.
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train and self.cache is None else None
         t_stored = len(arrays["frame_time"])
         idx = frame_indices(t_stored, cfg.frames, rng)
         if len(idx) == t_stored and (idx == np.arange(t_stored)).all():
@@ -220,7 +234,7 @@ class ClipDataset(Dataset):
         present = np.full(cfg.frames, t_stored > 0)
         frame_time = arrays["frame_time"][idx] if t_stored else np.zeros(cfg.frames, np.float32)
         size = cfg.face_size
-        if "video" in self.modalities and t_stored:
+        if "video" in self.modalities and t_stored and self.cache is None:
             faces = arrays["faces"]
             if faces.shape[1:] != (size, size, 3):
                 raise StoreError(f"clip {clip_id}: faces are {faces.shape[1:]}, data.face_size={size} expects "
@@ -233,19 +247,24 @@ class ClipDataset(Dataset):
         else:
             video = torch.zeros(cfg.frames, size, size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
             video_mask = torch.zeros(cfg.frames, dtype=torch.bool)
+            if "video" in self.modalities and t_stored:  # cached: only the mask comes from the store
+                video_mask = torch.from_numpy(arrays["face_mask"][idx] & present)
         if "pose" in self.modalities and t_stored:
             pose = torch.from_numpy(arrays["pose"][idx].astype(np.float32))  # (T, 33, 4)
             pose_mask = torch.from_numpy(arrays["pose_mask"][idx] & present)
         else:
             pose = torch.zeros(cfg.frames, N_POSE_LANDMARKS, POSE_CHANNELS)
             pose_mask = torch.zeros(cfg.frames, dtype=torch.bool)
-        fbank = arrays["audio"] if "audio" in self.modalities else np.zeros((0, N_MELS), np.float16)
+        fbank = arrays.get("audio", np.zeros((0, N_MELS), np.float16))
         audio, audio_mask, start = crop_audio(fbank, cfg.audio_frames, rng)
-        return Sample(video=video, video_mask=video_mask, pose=pose, pose_mask=pose_mask,
+        sample = Sample(video=video, video_mask=video_mask, pose=pose, pose_mask=pose_mask,
                       audio=torch.from_numpy(audio), audio_mask=torch.from_numpy(audio_mask),
                       audio_start=start * SECONDS_PER_AUDIO_FRAME,
                       frame_time=torch.from_numpy(np.asarray(frame_time, dtype=np.float32)),
                       label=int(self.labels[index]), clip_id=clip_id)
+        if self.cache is not None:
+            sample.update(self.cache.load(clip_id, self.modalities))  # type: ignore[typeddict-item]
+        return sample
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -265,7 +284,9 @@ def collate(samples: list[Sample]) -> Batch:
     # Stack faces in their stored (T, S, S, 3) layout (a plain memcpy) and view them as
     # (B, T, 3, S, S); the encoder then works channels-last without another copy.
     video = _stack([s["video"].permute(0, 2, 3, 1) for s in samples]).permute(0, 1, 4, 2, 3)
-    return Batch(video=video, video_mask=stack("video_mask"), pose=stack("pose"),
+    cached = {key: stack(key) for key in ("video_emb", "audio_emb", "audio_emb_mask", "audio_emb_time")
+              if key in samples[0]}
+    return Batch(**cached, video=video, video_mask=stack("video_mask"), pose=stack("pose"),
                  pose_mask=stack("pose_mask"), audio=stack("audio"), audio_mask=stack("audio_mask"),
                  audio_start=torch.tensor([s["audio_start"] for s in samples], dtype=torch.float32),
                  frame_time=stack("frame_time"),
