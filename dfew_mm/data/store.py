@@ -38,6 +38,10 @@ CLIP_ARRAYS = {
 OPTIONAL_ARRAYS = {"blendshapes": ("float32", "(T, 52) FaceLandmarker blendshape scores")}
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: no half-written files."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +51,7 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; stores are shared on clusters
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
