@@ -109,7 +109,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--splits-dir", type=Path, help="split CSV folder (default: the run's config)")
     p.add_argument("--allow-missing", action="store_true", help="leave out fold clips missing from the store")
     p.add_argument("--batch-size", type=int, help="default: the run's batch size")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--workers", type=int, help="data loader worker processes (default: the run's data.num_workers)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available")
 
 
 def _run_evaluate(args) -> int:
@@ -118,7 +119,7 @@ def _run_evaluate(args) -> int:
 
     result = evaluate(args.checkpoint, args.store, args.fold, args.split, args.modalities, args.darken, args.out,
                       dfew_root=args.dfew_root, splits_dir=args.splits_dir, allow_missing=args.allow_missing,
-                      batch_size=args.batch_size, num_workers=args.workers)
+                      batch_size=args.batch_size, num_workers=args.workers, device=args.device)
     for p in result["passes"]:
         print(f"{p['modalities']:<18} {p['perturbation']:<12} {format_metrics(p)}")
     print(f"predictions: {args.out}\nmetrics:     {metrics_path_for(args.out)}")

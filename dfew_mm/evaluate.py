@@ -212,9 +212,9 @@ def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequ
 
     dataset = ClipDataset(store, clips["clip_id"].tolist(), clips["label"].to_numpy(), cfg.data,
                           modalities=list(modalities), train=False, face_transform=face_transform, seed=seed)
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate)
     device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
     model.eval()
     probs = []
     with torch.inference_mode():
@@ -229,13 +229,17 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
              modalities: str | Sequence[str] | None = None, darken: str | Sequence[float] | None = None,
              out_csv: str | Path = "predictions.csv", dfew_root: str | Path | None = None,
              splits_dir: str | Path | None = None, allow_missing: bool = False,
-             batch_size: int | None = None, num_workers: int = 0, seed: int = 0) -> dict:
+             batch_size: int | None = None, num_workers: int | None = None, seed: int = 0,
+             device: str = "auto") -> dict:
     """Evaluate a checkpoint on one fold split, once per darkening strength.
 
     Writes `out_csv` (one row per clip and pass, PREDICTION_COLUMNS) and the metrics JSON beside
     it; returns that JSON's content. The fold lists come from the run's config (data.dfew_root /
-    data.splits_dir) unless `dfew_root` / `splits_dir` are given.
+    data.splits_dir) unless `dfew_root` / `splits_dir` are given. `device` "auto" uses CUDA when
+    available; `num_workers` defaults to the run's data.num_workers.
     """
+    import torch
+
     from dfew_mm.data.store import FeatureStore
     from dfew_mm.train import load_checkpoint
 
@@ -244,6 +248,10 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     model, cfg, meta = load_checkpoint(checkpoint, map_location="cpu")
     mods = parse_modalities(modalities, cfg.model.modalities)
     strengths = parse_darken(darken)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    num_workers = cfg.data.num_workers if num_workers is None else num_workers
     data_cfg = replace(cfg.data, fold=fold or cfg.data.fold, store=str(store),
                        dfew_root=str(dfew_root) if dfew_root else cfg.data.dfew_root,
                        splits_dir=str(splits_dir) if splits_dir else cfg.data.splits_dir,
