@@ -212,6 +212,8 @@ def load_checkpoint(path: str | Path, map_location="cpu", model_cfg=None):
             raise DfewMMError(f"{path} was trained with a different model configuration: " + "; ".join(diff))
     model = build_model(cfg.model)
     _load_weights(model, ckpt["model"], path)
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     return model.eval(), cfg, ckpt.get("meta", {})
 
 
@@ -258,6 +260,9 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None) -> Path:
     """Train one fold; returns the run directory. `stop_after_epochs` ends this call early
     (for time-limited job slots); `resume=True` continues from the run directory's last.pt."""
+    for key in ("epochs", "batch_size", "grad_accum"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key}={getattr(cfg.train, key)} must be at least 1")
     d = setup_distributed(cfg.train.device)
     run_dir = Path(cfg.train.out_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"

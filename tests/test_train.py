@@ -149,3 +149,16 @@ def test_tiny_config_learns_the_synthetic_dataset(synth_store, synth_root, tmp_p
     result = json.loads((run / "test_metrics.json").read_text())
     # 7 classes: chance is 14%; the synthetic cues are learnable from pose and audio alone.
     assert result["best"]["war"] >= 0.4 or result["last"]["war"] >= 0.4, result
+
+
+def test_cli_stop_after_and_resume_finish_a_run(store, tmp_path, capsys):
+    dfew, path = store
+    run = tmp_path / "run"
+    common = ["--config", "tiny", "--store", str(path), "--dfew-root", str(dfew), "--allow-missing",
+              "--modalities", "pose", *SMALL]
+    assert cli_main(["train", *common, "--out", str(run), "--stop-after", "2"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and not (run / "test_metrics.json").exists()
+    assert cli_main(["train", "--resume", str(run)]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3 and (run / "test_metrics.json").is_file()
+    assert "test fold 1: best UAR" in capsys.readouterr().out
+    assert cli_main(["train", "--resume", str(tmp_path / "nothing")]) == 2
