@@ -148,7 +148,10 @@ def _autocast(d: Dist, amp: bool):
 
 # -- checkpoints --------------------------------------------------------------------------------
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """All generator states, in types that `torch.load(weights_only=True)` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -156,7 +159,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -182,7 +186,7 @@ def _read_checkpoint(path: Path, map_location) -> dict:
     if not Path(path).is_file():
         raise DfewMMError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)  # no code runs on load
     except Exception as err:  # truncated or foreign files fail in many ways
         raise DfewMMError(f"{path} is not a readable dfew_mm checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
