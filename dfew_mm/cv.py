@@ -42,7 +42,7 @@ def summary_table(out_dir: Path, folds: Sequence[int]) -> pd.DataFrame:
 
 
 def format_summary(table: pd.DataFrame) -> str:
-    per_fold = table[~table["fold"].isin(["mean", "std"])]
+    per_fold = table[~table["fold"].isin(["mean", "std"])].astype({"best_epoch": int})
     mean, std = table.set_index("fold").loc["mean"], table.set_index("fold").loc["std"]
     lines = [per_fold.to_string(index=False, float_format=lambda x: f"{x:.2f}"), "",
              f"UAR {mean['uar']:.2f} ± {std['uar']:.2f}   WAR {mean['war']:.2f} ± {std['war']:.2f}   "
