@@ -169,8 +169,9 @@ def crop_audio(fbank: np.ndarray, n_out: int, rng: np.random.Generator | None) -
     if len(fbank) > n_out:
         start = int(rng.integers(0, len(fbank) - n_out + 1)) if rng is not None else 0
         fbank = fbank[start:start + n_out]
-    out = np.zeros((n_out, N_MELS), dtype=np.float32)
+    out = np.empty((n_out, N_MELS), dtype=np.float32)
     out[:len(fbank)] = fbank
+    out[len(fbank):] = 0.0
     mask = np.zeros(n_out, dtype=bool)
     mask[:len(fbank)] = True
     return out, mask, start
@@ -250,7 +251,7 @@ class ClipDataset(Dataset):
             if "video" in self.modalities and t_stored:  # cached: only the mask comes from the store
                 video_mask = torch.from_numpy(arrays["face_mask"][idx] & present)
         if "pose" in self.modalities and t_stored:
-            pose = torch.from_numpy(arrays["pose"][idx].astype(np.float32))  # (T, 33, 4)
+            pose = torch.from_numpy(np.asarray(arrays["pose"][idx], dtype=np.float32))  # (T, 33, 4)
             pose_mask = torch.from_numpy(arrays["pose_mask"][idx] & present)
         else:
             pose = torch.zeros(cfg.frames, N_POSE_LANDMARKS, POSE_CHANNELS)
