@@ -167,6 +167,14 @@ def per_class_recall(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
     return pd.DataFrame.from_dict(table, orient="index", columns=list(CLASSES))
 
 
+def class_counts(data: pd.DataFrame, clip_ids: Sequence[str] | None = None) -> pd.Series:
+    """Number of distinct clips per true class (CLASSES order), optionally among `clip_ids`."""
+    rows = data.drop_duplicates(["fold", "clip_id"])
+    if clip_ids is not None:
+        rows = rows[rows["clip_id"].isin(set(clip_ids))]
+    return rows["label_name"].value_counts().reindex(list(CLASSES), fill_value=0)
+
+
 def dark_examples(data: pd.DataFrame, system: str, n: int = 12) -> pd.DataFrame:
     """The `n` darkest clips with their true and predicted labels under `system` (unperturbed)."""
     rows = data[(data["perturbation"] == NATURAL) & (data["system"] == system)]
@@ -223,7 +231,7 @@ def plot_darkening(curves: pd.DataFrame):
     return fig
 
 
-def plot_per_class(table: pd.DataFrame):
+def plot_per_class(table: pd.DataFrame, counts: pd.Series | None = None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -231,11 +239,15 @@ def plot_per_class(table: pd.DataFrame):
     x = np.arange(len(CLASSES))
     for i, (system, recalls) in enumerate(table.iterrows()):
         ax.bar(x + i * width - 0.4 + width / 2, 100 * recalls.to_numpy(dtype=float), width, label=system)
-    ax.set_xticks(x, CLASSES)
+    absent = table.isna().all(axis=0).to_numpy()
+    for xi in x[absent]:
+        ax.text(xi, 2, "absent", ha="center", fontsize=8, color="grey")
+    labels = CLASSES if counts is None else [f"{c}\n(n={counts[c]})" for c in CLASSES]
+    ax.set_xticks(x, labels)
     ax.set_ylabel("recall (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("per-class recall on low-light clips (missing bar: class absent or recall 0)")
-    ax.legend(title="modalities", fontsize=8)
+    ax.set_title("per-class recall on low-light clips (no bar above a present class: recall 0)")
+    ax.legend(title="modalities", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
