@@ -9,6 +9,7 @@ Each step skips work already done in the output folder, so an interrupted demo r
     OUT/runs/<name>/   one tiny training run per modality set
     OUT/predictions/   prediction CSVs + metrics JSON per (run, modality subset), all darkening passes
     OUT/report/        executed notebook, HTML report and figures
+    OUT/summary.csv    UAR per modality subset and darkening strength (the table the command prints)
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def run_demo(out: str | Path = "demo", assets_dir: str | Path | None = None, cli
     checkpoints = step("train", _train, dfew_root, store, out / "runs", epochs, seed, overrides)
     predictions = step("evaluate", _evaluate, checkpoints, store, out / "predictions", darken)
     notebook, html = step("report", _report, predictions, out / "report")
-    return DemoResult(out, html, notebook, summary_table(predictions), timings)
+    summary = summary_table(predictions)
+    summary.to_csv(out / "summary.csv")
+    return DemoResult(out, html, notebook, summary, timings)
 
 
 # -- steps ---------------------------------------------------------------------------------------

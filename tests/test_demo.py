@@ -25,6 +25,9 @@ def test_demo_end_to_end(demo_run):
     # the printed summary: one row per system, the report location
     for system in ("video", "video+pose", "video+audio", "video+pose+audio"):
         assert f"\n{system} " in printed
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    assert list(summary.index) == ["video", "video+pose", "video+audio", "video+pose+audio"]
+    assert summary["UAR@dark0"].between(0, 100).all()
     assert "UAR@dark0" in printed and str(out / "report" / "low_light_analysis.html") in printed
 
 
