@@ -314,7 +314,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, best = ckpt["meta"]["epoch"] + 1, ckpt["meta"]["best"]
-        _set_rng_state(ckpt["rng"][d.rank])
+        if len(ckpt["rng"]) != d.world:
+            log.warning("resuming with %d processes, saved with %d: training continues, but not bit-exactly",
+                        d.world, len(ckpt["rng"]))
+        _set_rng_state(ckpt["rng"][d.rank % len(ckpt["rng"])])
         log.info("resumed %s at epoch %d (best val UAR %.3f at epoch %d)", last_path, start_epoch,
                  best["uar"], best["epoch"])
 
