@@ -35,7 +35,7 @@ def test_layout_and_folds(synth_root):
 def test_clips_are_h264_with_aac_audio(synth_root):
     for path in sorted((synth_root / CLIP_DIR).glob("*.mp4"))[:5]:
         video = decord.VideoReader(str(path))
-        assert len(video) == 48 and video[0].shape == (300, 400, 3)
+        assert len(video) == 48 and video[0].shape == (288, 384, 3)
         audio = decord.AudioReader(str(path), sample_rate=16_000, mono=True)
         samples = audio[:].asnumpy()
         assert samples.shape[1] > 16_000 * 1.8 and np.abs(samples).max() > 0.01

@@ -25,8 +25,10 @@ from PIL import Image, ImageDraw
 from dfew_mm.constants import CLASSES, NUM_CLASSES
 from dfew_mm.data.dfew import CLIP_DIR, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 
-WIDTH, HEIGHT = 400, 300  # px
-HEAD_HEIGHT = 42  # px; the whole body spans ~8 head heights, so hips and knees are in frame
+# px; both multiples of 16: with a partial macroblock row x264 reads uninitialised padding and
+# the same frames no longer encode bit-exactly
+WIDTH, HEIGHT = 384, 288
+HEAD_HEIGHT = 40  # px; the whole body spans ~8 head heights, so hips and knees are in frame
 FPS = 24
 AUDIO_RATE = 44_100  # Hz, like the DFEW originals
 N_FOLDS = 5
@@ -234,10 +236,10 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H * 3/2, W) uint8 planar BT.601 limited-range YUV 4:2:0.
 
     Done here rather than by swscale, whose threaded conversion is not bit-exact between runs."""
-    x = rgb.astype(np.float32)
-    y = 16 + x @ np.array([0.257, 0.504, 0.098], np.float32)
-    u = 128 + x @ np.array([-0.148, -0.291, 0.439], np.float32)
-    v = 128 + x @ np.array([0.439, -0.368, -0.071], np.float32)
+    r, g, b = (rgb[..., c].astype(np.float64) for c in range(3))  # elementwise: no BLAS summation order
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
     h, w = y.shape
 
     def half(plane: np.ndarray) -> np.ndarray:  # (H, W) -> (H/2, W/2) 2x2 means
