@@ -51,8 +51,8 @@ def darken(faces: np.ndarray, strength: float, rng: np.random.Generator) -> np.n
 
     `strength` 0 returns the frames unchanged; 1 is a very dark, noisy capture. Shot noise is
     Poisson in the number of photo-electrons (variance proportional to the signal), read noise is
-    Gaussian; both scale with the strength, because a brighter scene means a shorter exposure
-    relative to the sensor's full well and less amplification.
+    Gaussian; both scale with the strength, because in a darker scene the camera amplifies the
+    sensor signal more, so each grey level stands for fewer photo-electrons.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"darkening strength {strength} must be between 0 and 1")
