@@ -379,12 +379,32 @@ def _run_demo(args) -> int:
     return 0
 
 
+# -- report --------------------------------------------------------------------------------
+def _add_report(sub) -> None:
+    p = _parser(sub, "report", "Execute the low-light analysis notebook on a folder of prediction files (HTML + figures).",
+                "dfew_mm report preds --store features --out report",
+                "dfew_mm report demo/predictions --store demo/features --out /tmp/report")
+    p.add_argument("predictions", type=Path, help="folder of prediction CSVs from `dfew_mm evaluate`")
+    p.add_argument("--store", type=Path, help="feature store, for the grid of dark face crops")
+    p.add_argument("--out", type=Path, required=True, help="folder for the executed notebook, HTML and figures")
+
+
+def _run_report(args) -> int:
+    from dfew_mm.analysis import execute_notebook
+
+    extra = {"store": str(args.store)} if args.store else {}
+    notebook, html = execute_notebook(args.predictions, args.out, **extra)
+    print(f"report:   {html}\nnotebook: {notebook}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "folds": (_add_folds, _run_folds),
     "synth": (_add_synth, _run_synth),
     "extract": (_add_extract, _run_extract),
     "evaluate": (_add_evaluate, _run_evaluate),
     "predict": (_add_predict, _run_predict),
+    "report": (_add_report, _run_report),
     "demo": (_add_demo, _run_demo),
     "train": (_add_train, _run_train),
     "cv": (_add_cv, _run_cv),

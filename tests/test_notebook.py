@@ -43,3 +43,15 @@ def test_notebook_runs_on_a_subset_of_predictions(demo_run, tmp_path):
     assert html.is_file() and (tmp_path / "report" / "figures" / "darkening_curves.png").is_file()
     data = load_predictions(folder)
     assert fix_table(data).empty  # a baseline with nothing to compare against gives an empty table
+
+
+@pytest.mark.slow
+def test_report_command(demo_run, tmp_path, capsys):
+    from dfew_mm.cli import main
+
+    out = demo_run["out"]
+    assert main(["report", str(out / "predictions"), "--store", str(out / "features"), "--out", str(tmp_path)]) == 0
+    html = tmp_path / "low_light_analysis.html"
+    assert str(html) in capsys.readouterr().out
+    assert html.stat().st_size > 10_000 and "Traceback" not in html.read_text()
+    assert len(list((tmp_path / "figures").glob("*.png"))) >= 4
