@@ -35,6 +35,17 @@ def assets_dir() -> Path:
     return _need(ASSETS)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread avoids oversubscribing the shared CI cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthetic DFEW copy (real H.264/AAC files), generated once per test session."""

@@ -21,13 +21,7 @@ B, T, S, F = 3, 4, 32, 150
 SUBSETS = [list(c) for r in (1, 2, 3) for c in itertools.combinations(("video", "pose", "audio"), r)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model_config(modalities=("video", "pose", "audio"), **over) -> ModelConfig:

@@ -19,13 +19,7 @@ SMALL = ["data.face_size=32", "data.frames=4", "data.audio_frames=100", "model.a
          "model.video.freeze=all", "model.audio.freeze=all"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
