@@ -47,6 +47,9 @@ class VideoEncoderConfig:
     checkpoint: str = ""  # optional face-pretrained state dict (e.g. MS-Celeb ResNet-18)
     freeze: str = "none"  # none | all | all_but_last
     input_size: int = 0  # px the faces are resized to on device before the ResNet; 0 = as stored
+    # imagenet: fixed ImageNet mean/std (what pretrained weights expect); per_image: each face crop
+    # to zero mean, unit variance, which makes a from-scratch backbone blind to exposure (low light)
+    normalise: str = "imagenet"  # imagenet | per_image
 
 
 @dataclass
@@ -182,6 +185,7 @@ def validate(cfg: ExperimentConfig) -> None:
     choices = {
         "model.video.arch": (cfg.model.video.arch, ("resnet18", "resnet34", "resnet50")),
         "model.video.freeze": (cfg.model.video.freeze, ("none", "all", "all_but_last")),
+        "model.video.normalise": (cfg.model.video.normalise, ("imagenet", "per_image")),
         "model.audio.freeze": (cfg.model.audio.freeze, ("none", "all", "all_but_last")),
         "model.fusion.head": (cfg.model.fusion.head, ("linear", "arcface")),
         "train.class_balance": (cfg.train.class_balance, ("none", "weighted_loss", "sampler")),

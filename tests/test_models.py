@@ -86,6 +86,23 @@ def test_video_encoder_resizes_inside_and_normalises_uint8():
     assert torch.allclose(x[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
 
 
+@pytest.mark.parametrize("normalise,max_change,min_change", [("per_image", 0.05, 0.0), ("imagenet", 1.0, 0.2)])
+def test_per_image_normalisation_ignores_exposure_imagenet_does_not(normalise, max_change, min_change):
+    torch.manual_seed(0)
+    enc = VideoEncoder(small_model_config(**{"model.video.normalise": normalise}).video).eval()
+    video = make_batch(2)["video"] // 2 * 2  # even grey levels, so halving the exposure is exact
+    with torch.no_grad():
+        bright, dark, blank = enc(video), enc(video // 2), enc(torch.zeros_like(video))
+    change = ((dark - bright).norm() / bright.norm()).item()  # relative change of the features
+    assert min_change <= change <= max_change
+    assert torch.isfinite(blank).all()
+
+
+def test_unknown_video_normalisation_is_rejected():
+    with pytest.raises(ConfigError, match="model.video.normalise"):
+        small_model_config(**{"model.video.normalise": "minmax"})
+
+
 @pytest.mark.parametrize("freeze,trainable_prefixes", [("all", ()), ("all_but_last", ("backbone.layer4",)),
                                                        ("none", ("backbone.conv1", "backbone.layer4"))])
 def test_video_freeze_policies(freeze, trainable_prefixes):

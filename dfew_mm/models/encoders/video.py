@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PER_IMAGE_EPS = 1.0  # grey levels; keeps a blank (all-zero, masked) crop finite
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
 
@@ -61,7 +62,10 @@ class VideoEncoder(nn.Module):
         if self.cfg.input_size and self.cfg.input_size != x.shape[-1]:
             x = F.interpolate(x, size=(self.cfg.input_size, self.cfg.input_size), mode="bilinear",
                               antialias=True, align_corners=False)
-        x = (x - self.mean) / self.std
+        if self.cfg.normalise == "per_image":
+            x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + PER_IMAGE_EPS)
+        else:
+            x = (x - self.mean) / self.std
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x).view(b, t, -1)  # (B, T, D)
