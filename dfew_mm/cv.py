@@ -54,7 +54,8 @@ def format_summary(table: pd.DataFrame) -> str:
 def cross_validate(cfg: ExperimentConfig, folds: Sequence[int], out_dir: str | Path) -> pd.DataFrame:
     """Train every fold into OUT/fold_k (finished folds are kept, interrupted ones resumed) and write
     OUT/cv_summary.csv and OUT/cv_summary.txt. Returns the table."""
-    from dfew_mm.train import setup_distributed, train
+    from dfew_mm.distributed import setup_distributed
+    from dfew_mm.train import train
 
     out_dir = Path(out_dir)
     for k in folds:
@@ -80,7 +81,7 @@ def modality_subsets(modalities: Sequence[str]) -> list[list[str]]:
 def sweep(cfg: ExperimentConfig, folds: Sequence[int], out_dir: str | Path) -> pd.DataFrame:
     """Cross-validate every non-empty subset of `cfg.model.modalities` into OUT/<a+b>/fold_k and write
     OUT/sweep_summary.{csv,txt}: one row per subset with mean ± std test UAR and WAR over the folds."""
-    from dfew_mm.train import setup_distributed
+    from dfew_mm.distributed import setup_distributed
 
     out_dir = Path(out_dir)
     rows = []

@@ -241,7 +241,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     import torch
 
     from dfew_mm.data.store import FeatureStore
-    from dfew_mm.train import load_checkpoint
+    from dfew_mm.checkpoint import load_checkpoint
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")

@@ -67,7 +67,7 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
     from dfew_mm.data.dataset import collate
     from dfew_mm.evaluate import modality_label, parse_modalities
     from dfew_mm.extract.worker import ClipExtractor, resolve_models
-    from dfew_mm.train import load_checkpoint
+    from dfew_mm.checkpoint import load_checkpoint
 
     model, cfg, _ = load_checkpoint(checkpoint, map_location="cpu")
     model.eval()

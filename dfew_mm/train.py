@@ -8,11 +8,9 @@ and excluded_clips.csv when `data.allow_missing` left clips out.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -26,56 +24,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
-from dfew_mm.config import ExperimentConfig, from_dict, git_sha, to_dict, write_run_record
+from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
 from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset, batch_to, collate, fold_splits
 from dfew_mm.data.embeddings import EmbeddingCache
-from dfew_mm.data.store import FeatureStore, atomic_write_bytes
+from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import ConfigError, DfewMMError
+from dfew_mm.checkpoint import load_weights, model_config_diff, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
 from dfew_mm.metrics import classification_metrics, format_metrics
 from dfew_mm.models import EmotionModel, build_model, load_pretrained
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
-
-
-# -- distributed --------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Dist:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_pref: str) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on GPU, gloo on CPU. No-op for one process."""
-    cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return Dist(dist.get_rank() if world > 1 else 0, world, device)
-
-
-def gather(obj, d: Dist) -> list:
-    if d.world == 1:
-        return [obj]
-    out = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier(d: Dist) -> None:
-    if d.world > 1:
-        dist.barrier()
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -144,81 +105,6 @@ def _autocast(d: Dist, amp: bool):
     if d.device.type == "cuda" and amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
-
-
-# -- checkpoints --------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    """All generator states, in types that `torch.load(weights_only=True)` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
-
-
-def model_config_diff(saved: dict, current: dict, prefix: str = "model") -> list[str]:
-    """Dotted keys whose values differ between two model config dicts."""
-    diff = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diff += model_config_diff(a, b, f"{prefix}.{key}")
-        elif a != b:
-            diff.append(f"{prefix}.{key}: checkpoint {a!r}, requested {b!r}")
-    return diff
-
-
-def _read_checkpoint(path: Path, map_location) -> dict:
-    if not Path(path).is_file():
-        raise DfewMMError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)  # no code runs on load
-    except Exception as err:  # truncated or foreign files fail in many ways
-        raise DfewMMError(f"{path} is not a readable dfew_mm checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise DfewMMError(f"{path} is not a dfew_mm checkpoint (expected keys 'model' and 'config')")
-    return ckpt
-
-
-def _load_weights(model: EmotionModel, state: dict, path: Path) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise DfewMMError(f"{path} does not match its model configuration: {err}") from err
-
-
-def load_checkpoint(path: str | Path, map_location="cpu", model_cfg=None):
-    """(model in eval mode, ExperimentConfig, meta) from best.pt / last.pt.
-
-    With `model_cfg`, the checkpoint must come from that model configuration (else DfewMMError
-    listing the differing keys).
-    """
-    path = Path(path)
-    ckpt = _read_checkpoint(path, map_location)
-    cfg = from_dict(ckpt["config"])
-    if model_cfg is not None:
-        diff = model_config_diff(to_dict(cfg)["model"], dataclasses.asdict(model_cfg))
-        if diff:
-            raise DfewMMError(f"{path} was trained with a different model configuration: " + "; ".join(diff))
-    model = build_model(cfg.model)
-    _load_weights(model, ckpt["model"], path)
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
-    return model.eval(), cfg, ckpt.get("meta", {})
 
 
 # -- optimiser ----------------------------------------------------------------------------------
@@ -306,18 +192,18 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
 
     start_epoch, best = 0, {"uar": -1.0, "epoch": -1}
     if resume:
-        ckpt = _read_checkpoint(last_path, "cpu")
+        ckpt = read_checkpoint(last_path, "cpu")
         diff = model_config_diff(ckpt["config"]["model"], to_dict(cfg)["model"])
         if diff:
             raise DfewMMError(f"{last_path} was trained with a different model configuration: " + "; ".join(diff))
-        _load_weights(model, ckpt["model"], last_path)
+        load_weights(model, ckpt["model"], last_path)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, best = ckpt["meta"]["epoch"] + 1, ckpt["meta"]["best"]
         if len(ckpt["rng"]) != d.world:
             log.warning("resuming with %d processes, saved with %d: training continues, but not bit-exactly",
                         d.world, len(ckpt["rng"]))
-        _set_rng_state(ckpt["rng"][d.rank % len(ckpt["rng"])])
+        set_rng_state(ckpt["rng"][d.rank % len(ckpt["rng"])])
         log.info("resumed %s at epoch %d (best val UAR %.3f at epoch %d)", last_path, start_epoch,
                  best["uar"], best["epoch"])
 
@@ -385,7 +271,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
                   "lr": opt.param_groups[-1]["lr"], "clips_per_s": seen_all / train_s, "nan_skipped": skipped,
                   "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
                   "best_epoch": best["epoch"]}
-        rng = gather(_rng_state(), d)
+        rng = gather(rng_state(), d)
         if d.main:
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
                      format_metrics(val), record["clips_per_s"])
@@ -404,8 +290,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     # -- test fold, touched only once training is complete
     if end_epoch == cfg.train.epochs:
         results = {"last": {"epoch": end_epoch - 1, **evaluate_loader(model, test_loader, d, cfg.train.amp)}}
-        best_ckpt = _read_checkpoint(best_path, "cpu")
-        _load_weights(model, best_ckpt["model"], best_path)
+        best_ckpt = read_checkpoint(best_path, "cpu")
+        load_weights(model, best_ckpt["model"], best_path)
         results["best"] = {"epoch": best_ckpt["meta"]["epoch"], **evaluate_loader(model, test_loader, d, cfg.train.amp)}
         if d.main:
             (run_dir / "test_metrics.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")

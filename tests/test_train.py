@@ -16,7 +16,8 @@ from _train_stores import make_store
 from dfew_mm.cli import main as cli_main
 from dfew_mm.config import load_config
 from dfew_mm.errors import DfewMMError
-from dfew_mm.train import load_checkpoint, train
+from dfew_mm.checkpoint import load_checkpoint
+from dfew_mm.train import train
 
 SMALL = ["data.face_size=32", "data.frames=4", "data.audio_frames=100", "model.audio.max_length=112",
          "model.video.input_size=0", "train.epochs=3", "train.batch_size=8", "train.device=cpu"]

@@ -12,7 +12,8 @@ from dfew_mm.data.dataset import ClipDataset, collate, fold_splits
 from dfew_mm.data.embeddings import EmbeddingCache, build_cache
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import ConfigError
-from dfew_mm.train import load_checkpoint, train
+from dfew_mm.checkpoint import load_checkpoint
+from dfew_mm.train import train
 
 SMALL = ["data.face_size=32", "data.frames=4", "data.audio_frames=100", "model.audio.max_length=112",
          "model.video.input_size=0", "train.epochs=1", "train.batch_size=8", "train.device=cpu",
