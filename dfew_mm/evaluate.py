@@ -21,7 +21,7 @@ import pandas as pd
 
 from dfew_mm.constants import CLASSES, MODALITIES
 from dfew_mm.errors import ConfigError
-from dfew_mm.metrics import classification_metrics, format_metrics
+from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,13 @@ def parse_modalities(spec: str | Sequence[str] | None, trained: Sequence[str]) -
     """'video+pose' or 'video,pose' -> ['video', 'pose'], checked against the trained modalities."""
     if spec is None or spec == "" or spec == "all":
         return list(trained)
-    names = spec.replace("+", ",").split(",") if isinstance(spec, str) else list(spec)
-    names = [n.strip() for n in names if n.strip()]
-    unknown = [n for n in names if n not in MODALITIES]
-    if unknown:
-        raise ConfigError(f"unknown modality {unknown}: valid modalities are {', '.join(MODALITIES)}")
+    from dfew_mm.models.encoders import resolve_modalities
+
+    names = resolve_modalities(spec.replace("+", ",") if isinstance(spec, str) else spec)  # canonical order
     untrained = [n for n in names if n not in trained]
     if untrained:
         raise ConfigError(f"the checkpoint was trained with {'+'.join(trained)}; it cannot use {untrained}")
-    return [m for m in MODALITIES if m in names]  # canonical order: video, pose, audio
+    return names
 
 
 def modality_label(modalities: Sequence[str]) -> str:
@@ -175,17 +173,6 @@ def metrics_by_pass(frame: pd.DataFrame) -> list[dict]:
         passes.append({"run": run, "modalities": mods, "perturbation": pert,
                        "darken": float(group["darken"].iloc[0]), **metrics})
     return passes
-
-
-def json_safe(value):
-    """NaN (undefined recall of an absent class) -> null, so the file is strict JSON."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def select_clips(store, data_cfg, split: str, seed: int) -> pd.DataFrame:

@@ -72,3 +72,14 @@ def format_metrics(metrics: dict) -> str:
 
     return (f"UAR {pct(metrics['uar'])}  WAR {pct(metrics['war'])}  "
             f"F1 {pct(metrics['macro_f1'])}  (n={metrics['n']})")
+
+
+def json_safe(value):
+    """NaN (undefined recall of an absent class) -> null, so metric files are strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

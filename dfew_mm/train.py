@@ -32,7 +32,7 @@ from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import ConfigError, DfewMMError
 from dfew_mm.checkpoint import load_weights, model_config_diff, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
-from dfew_mm.metrics import classification_metrics, format_metrics
+from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.models import EmotionModel, build_model, load_pretrained
 
 log = logging.getLogger(__name__)
@@ -128,15 +128,6 @@ def make_optimizer(model: EmotionModel, cfg: ExperimentConfig, steps_per_epoch: 
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def _json_safe(value):
-    """NaN (recall of a class absent from a split) -> null, so the files are strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -282,7 +273,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
                 save_checkpoint(best_path, {"model": payload["model"], "config": payload["config"], "meta": meta})
             save_checkpoint(last_path, payload)
             with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(_json_safe(record)) + "\n")
+                f.write(json.dumps(json_safe(record)) + "\n")
             for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
                 writer.add_scalar(key, record[key], epoch)
         barrier(d)
@@ -294,7 +285,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         load_weights(model, best_ckpt["model"], best_path)
         results["best"] = {"epoch": best_ckpt["meta"]["epoch"], **evaluate_loader(model, test_loader, d, cfg.train.amp)}
         if d.main:
-            (run_dir / "test_metrics.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+            (run_dir / "test_metrics.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
             log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
                      format_metrics(results["best"]), format_metrics(results["last"]))
         barrier(d)
