@@ -28,7 +28,7 @@ class InMemoryClips(ClipDataset):
         super().__init__(None, ids, np.zeros(len(ids), dtype=np.int64), data_cfg, modalities, train=False)
         self._clips = arrays
 
-    def _arrays(self, clip_id: str) -> dict[str, np.ndarray]:
+    def load_arrays(self, clip_id: str) -> dict[str, np.ndarray]:
         return self._clips[clip_id]
 
 

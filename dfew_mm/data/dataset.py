@@ -208,7 +208,8 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _arrays(self, clip_id: str) -> dict[str, np.ndarray]:
+    def load_arrays(self, clip_id: str) -> dict[str, np.ndarray]:
+        """The stored arrays one sample needs; subclasses override this to read from elsewhere."""
         wanted = {"frame_time"}
         if "video" in self.modalities:
             wanted |= {"face_mask"} if self.cache is not None else {"faces", "face_mask"}
@@ -225,7 +226,7 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         clip_id, cfg = self.ids[index], self.cfg
-        arrays = self._arrays(clip_id)
+        arrays = self.load_arrays(clip_id)
         # Cached embeddings belong to the centre frames, so the cache path samples those too.
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train and self.cache is None else None
         t_stored = len(arrays["frame_time"])
