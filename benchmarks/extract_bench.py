@@ -28,7 +28,9 @@ import psutil
 
 from dfew_mm.constants import DEFAULT_FRAMES, SAMPLE_RATE
 from dfew_mm.data.store import FeatureStore
-from dfew_mm.extract import ClipExtractor, ExtractOptions, list_clips, run_extraction
+from dfew_mm.extract.options import ExtractOptions
+from dfew_mm.extract.run import list_clips, run_extraction
+from dfew_mm.extract.worker import ClipExtractor
 from dfew_mm.extract.decode import sample_indices
 from dfew_mm.extract.run import limit_threads
 from dfew_mm.extract.worker import resolve_models

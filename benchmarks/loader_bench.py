@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from dfew_mm.config import load_config
-from dfew_mm.data.dataset import ClipDataset, collate
+from dfew_mm.batch import collate
+from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
 
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dfew_mm.config import load_config
-from dfew_mm.data.dataset import ClipDataset, batch_to, collate
+from dfew_mm.batch import batch_to, collate
+from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.models import build_model
 from dfew_mm.train import make_optimizer

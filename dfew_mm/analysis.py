@@ -20,7 +20,7 @@ import pandas as pd
 
 from dfew_mm.constants import CLASSES, MODALITIES
 from dfew_mm.errors import DfewMMError
-from dfew_mm.evaluate import PREDICTION_COLUMNS, metrics_path_for
+from dfew_mm.predictions import PREDICTION_COLUMNS, metrics_path_for
 from dfew_mm.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -280,10 +280,17 @@ def save_figure(fig, folder: str | Path, name: str) -> Path:
 
 
 # -- headless execution ------------------------------------------------------------------------
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "low_light_analysis.ipynb"
+NOTEBOOK = "low_light_analysis.ipynb"  # in the top-level notebooks/ folder, shipped as dfew_mm.notebooks
 
 
-def execute_notebook(predictions_dir: str | Path, out_dir: str | Path, notebook: str | Path = NOTEBOOK,
+def shipped_notebook(name: str = NOTEBOOK):
+    """The notebook file shipped with the package (a Traversable: read it with .read_text())."""
+    from importlib import resources
+
+    return resources.files("dfew_mm.notebooks").joinpath(name)
+
+
+def execute_notebook(predictions_dir: str | Path, out_dir: str | Path, notebook: str | Path | None = None,
                      timeout: int = 600, **parameters) -> tuple[Path, Path]:
     """Run the analysis notebook headless on a predictions folder; returns (executed .ipynb, .html).
 
@@ -296,24 +303,25 @@ def execute_notebook(predictions_dir: str | Path, out_dir: str | Path, notebook:
     from nbclient.exceptions import CellExecutionError
     from nbconvert import HTMLExporter
 
-    notebook, out_dir = Path(notebook), Path(out_dir)
-    if not notebook.is_file():
-        raise DfewMMError(f"notebook {notebook} not found (it ships in the repository's notebooks/ folder)")
+    source = shipped_notebook() if notebook is None else Path(notebook)
+    if not source.is_file():
+        raise DfewMMError(f"notebook {source} not found")
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     values = {"predictions_dir": str(Path(predictions_dir).resolve()),
               "figures_dir": str((out_dir / "figures").resolve()), **parameters}
-    nb = nbformat.read(notebook, as_version=4)
+    nb = nbformat.reads(source.read_text(encoding="utf-8"), as_version=4)
     nb.cells.insert(_parameters_index(nb) + 1, nbformat.v4.new_code_cell(
         "# Injected parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items()),
         metadata={"tags": ["injected-parameters"]}))
-    executed = out_dir / notebook.name
+    executed = out_dir / source.name
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(out_dir)}})
     try:
         client.execute()
     except CellExecutionError as err:
         nbformat.write(nb, executed)
-        raise DfewMMError(f"notebook {notebook.name} failed (partial output in {executed}):\n{err}") from err
+        raise DfewMMError(f"notebook {source.name} failed (partial output in {executed}):\n{err}") from err
     nbformat.write(nb, executed)
     html, _ = HTMLExporter().from_notebook_node(nb)
     html_path = executed.with_suffix(".html")

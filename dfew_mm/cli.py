@@ -1,13 +1,15 @@
 """`dfew_mm` command line: parses arguments and calls library functions, nothing more.
 
 Each subcommand is a pair `_add_<name>(subparsers)` / `_run_<name>(args)` registered in COMMANDS.
-Library imports happen inside the `_run_*` functions so that `--help` stays fast.
+Library imports happen inside the `_run_*` functions so that `--help` stays fast; defaults are
+read from the library's dataclasses, never restated here.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,8 +24,11 @@ def _examples(*lines: str) -> str:
 
 
 def _parser(sub, name: str, help_text: str, *examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(*examples),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(*examples),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are only drawn on a terminal in any case)")
+    return p
 
 
 def _parse_folds(text: str) -> tuple[int, ...]:
@@ -70,19 +75,23 @@ def _run_folds(args) -> int:
 
 # -- synth ---------------------------------------------------------------------------------
 def _add_synth(sub) -> None:
+    from dfew_mm.synth import SynthConfig
+
+    defaults = SynthConfig()
     p = _parser(sub, "synth", "Write a synthetic dataset in the exact DFEW layout (H.264 + AAC clips, split CSVs).",
                 "dfew_mm synth --out /tmp/synth --clips 60",
                 "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1")
     p.add_argument("--out", type=Path, required=True, help="folder to create (DFEW root layout)")
-    p.add_argument("--clips", type=int, default=60, help="number of clips (default 60)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dark-share", type=float, default=0.3, help="share of low-light clips (default 0.3)")
-    p.add_argument("--seconds", type=float, default=2.0, help="clip length in seconds (default 2)")
-    p.add_argument("--workers", type=int, default=1, help="parallel encoder processes")
+    p.add_argument("--clips", type=int, default=defaults.clips, help="number of clips (default %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
+    p.add_argument("--dark-share", type=float, default=defaults.dark_share,
+                   help="share of low-light clips (default %(default)s)")
+    p.add_argument("--seconds", type=float, default=defaults.seconds, help="clip length in seconds (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="parallel encoder processes (default %(default)s)")
 
 
 def _run_synth(args) -> int:
-    from dfew_mm.data.synthetic import SynthConfig, generate_dataset
+    from dfew_mm.synth import SynthConfig, generate_dataset
 
     cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds)
     summary = generate_dataset(args.out, cfg, workers=args.workers)
@@ -158,6 +167,9 @@ def _run_predict(args) -> int:
 
 # -- extract ---------------------------------------------------------------------------------
 def _add_extract(sub) -> None:
+    from dfew_mm.extract.options import FACE_MODELS, POSE_MODELS, ExtractOptions
+
+    defaults = ExtractOptions()
     p = _parser(sub, "extract", "Extract face crops, body pose, audio fbank and quality stats into a feature store.",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --workers 8",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --shard 0/16   # one job of an array",
@@ -167,23 +179,26 @@ def _add_extract(sub) -> None:
     src.add_argument("--clips-dir", type=Path, help="any folder of videos (ids are the file stems)")
     p.add_argument("--out", type=Path, required=True, help="feature store folder (created; resumed if present)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, one per core (default 1)")
-    p.add_argument("--frames", type=int, default=16, help="frames T sampled uniformly per clip (default 16)")
-    p.add_argument("--face-size", type=int, default=112, help="face crop side S in px (default 112)")
+    p.add_argument("--frames", type=int, default=defaults.frames,
+                   help="frames T sampled uniformly per clip (default %(default)s)")
+    p.add_argument("--face-size", type=int, default=defaults.face_size, help="face crop side S in px (default %(default)s)")
     p.add_argument("--ids", nargs="+", metavar="ID", help="only these clip ids")
     p.add_argument("--limit", type=int, help="at most this many clips (after --ids and --shard)")
     p.add_argument("--shard", help="i/n: this job's share of the clips (0 <= i < n), for job arrays")
     p.add_argument("--assets-dir", type=Path,
                    help="folder with the MediaPipe model files (else $DFEW_MM_ASSETS, else download to a cache)")
-    p.add_argument("--pose-model", choices=("full", "lite"), default="full", help="PoseLandmarker variant")
-    p.add_argument("--face-model", choices=("auto", "short_range", "full_range"), default="auto",
-                   help="FaceDetector variant; auto (default) runs both and keeps the better track per clip")
-    p.add_argument("--blendshapes", action="store_true", help="also store FaceLandmarker blendshapes (T, 52)")
+    p.add_argument("--pose-model", choices=POSE_MODELS, default=defaults.pose_model,
+                   help="PoseLandmarker variant (default %(default)s)")
+    p.add_argument("--face-model", choices=FACE_MODELS, default=defaults.face_model,
+                   help="FaceDetector variant; auto runs both and keeps the better track per clip (default %(default)s)")
+    p.add_argument("--blendshapes", action=argparse.BooleanOptionalAction, default=defaults.blendshapes,
+                   help="also store FaceLandmarker blendshapes (T, 52) (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="redo clips that are already extracted")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch logs)")
 
 
 def _run_extract(args) -> int:
-    from dfew_mm.extract import ExtractOptions, list_clips, parse_shard, run_extraction, select_clips
+    from dfew_mm.extract.options import ExtractOptions
+    from dfew_mm.extract.run import list_clips, parse_shard, run_extraction, select_clips
 
     try:
         shard = parse_shard(args.shard) if args.shard else None
@@ -198,7 +213,7 @@ def _run_extract(args) -> int:
         print(f"error: no clips selected from {args.dfew_root or args.clips_dir}", file=sys.stderr)
         return 2
     summary = run_extraction(clips, args.out, options, workers=args.workers, assets_dir=args.assets_dir,
-                             overwrite=args.overwrite, progress=not args.no_progress)
+                             overwrite=args.overwrite)
     for line in summary.lines():
         print(line)
     print(f"manifest: {args.out / 'manifest.csv'}")
@@ -301,11 +316,11 @@ def _add_embed(sub) -> None:
     _add_experiment_args(p)
     p.add_argument("--out", required=True, help="cache folder (created; resumed if present)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default %(default)s)")
 
 
 def _run_embed(args) -> int:
-    from dfew_mm.data.embeddings import build_cache
+    from dfew_mm.embed import build_cache
 
     out = build_cache(_experiment_config(args), args.out, batch_size=args.batch_size, device=args.device)
     print(f"embedding cache: {out}")
@@ -348,15 +363,18 @@ def _finish_distributed() -> bool:
 
 # -- demo ------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
+    from dfew_mm import demo
+
     p = _parser(sub, "demo", "End to end on synthetic data: synth -> extract -> train (video, video+pose+audio) -> "
                 "evaluate under darkening -> low-light report. A few minutes on 2 CPU cores.",
                 "dfew_mm demo", "dfew_mm demo --out /tmp/demo --assets-dir ../shared/assets/mediapipe")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo); reruns resume")
     p.add_argument("--assets-dir", type=Path, help="folder with the MediaPipe model files (or set DFEW_MM_ASSETS)")
-    p.add_argument("--clips", type=int, default=60, help="synthetic clips (default 60)")
+    p.add_argument("--clips", type=int, default=demo.DEMO_CLIPS, help="synthetic clips (default %(default)s)")
     p.add_argument("--epochs", type=int, help="training epochs (default: configs/tiny.yaml)")
-    p.add_argument("--workers", type=int, default=2, help="processes for synthesis and extraction (default 2)")
-    p.add_argument("--darken", default="0,0.25,0.5,0.75,1", help="darkening strengths to evaluate")
+    p.add_argument("--workers", type=int, default=demo.DEMO_WORKERS,
+                   help="processes for synthesis and extraction (default %(default)s)")
+    p.add_argument("--darken", default=demo.DEMO_DARKEN, help="darkening strengths to evaluate (default %(default)s)")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides of the tiny training config")
 
 
@@ -431,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.no_progress:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads TQDM_* overrides; bars are off in worker processes too
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

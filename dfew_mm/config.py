@@ -1,7 +1,9 @@
-"""Experiment configuration: dataclass defaults -> YAML file -> `key=value` overrides.
+"""Experiment configuration: dataclass defaults -> YAML file(s) -> `key=value` overrides.
 
-OmegaConf does the merging and type checking; this module adds the schema, readable errors
-(unknown keys list the valid ones) and the run-directory record (resolved config + git SHA).
+The dataclass defaults are the default experiment (configs/default.yaml only names it). A YAML
+experiment lists what differs from a named base (`base: default`); bases chain. OmegaConf does
+the merging and type checking; this module adds the schema, readable errors (unknown keys list
+the valid ones) and the run-directory record (resolved config + git SHA).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -22,7 +27,8 @@ from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MODALITIES
 from dfew_mm.errors import ConfigError
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED_CONFIGS = "dfew_mm.configs"  # the top-level configs/ folder, shipped inside the package
+BASE_KEY = "base"  # a YAML experiment names the config it starts from
 
 
 @dataclass
@@ -35,7 +41,7 @@ class DataConfig:
     frames: int = DEFAULT_FRAMES  # face/pose frames per clip fed to the model
     face_size: int = DEFAULT_FACE_SIZE  # px, must match the store
     audio_frames: int = 512  # filterbank frames per clip (10 ms each: 5.12 s)
-    num_workers: int = 4
+    num_workers: int = 8  # DataLoader worker processes
     allow_missing: bool = False  # exclude split clips missing from the store instead of failing
     embedding_cache: str = ""  # frozen-backbone embeddings from `dfew_mm embed`
 
@@ -107,7 +113,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     class_balance: str = "weighted_loss"  # none | weighted_loss | sampler
-    modality_dropout: float = 0.0  # per-sample chance of dropping each active modality
+    modality_dropout: float = 0.2  # per-sample chance of dropping each active modality
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     compile: bool = False
@@ -116,6 +122,8 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
+    """The default experiment: a DFEW run on one GPU (configs/default.yaml names it)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -136,32 +144,65 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> Co
     return ConfigError(f"{source}: {err.msg} (key '{err.full_key}')")
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """Accept a path, or a bare name such as `tiny` that refers to configs/tiny.yaml."""
+def shipped_configs() -> dict[str, Traversable]:
+    """Name -> file of every config shipped with the package (configs/*.yaml)."""
+    return {f.name.removesuffix(".yaml"): f for f in resources.files(SHIPPED_CONFIGS).iterdir()
+            if f.name.endswith(".yaml")}
+
+
+def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path | Traversable:
+    """A path (absolute, or relative to `relative_to`), or a bare name such as `tiny` for a shipped config."""
     path = Path(name_or_path)
-    if path.is_file():
-        return path
-    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file '{name_or_path}' not found (shipped configs: {shipped})")
+    for candidate in ([relative_to / path] if relative_to is not None and not path.is_absolute() else []) + [path]:
+        if candidate.is_file():
+            return candidate
+    shipped = shipped_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise ConfigError(f"config file '{name_or_path}' not found (shipped configs: {', '.join(sorted(shipped))})")
+
+
+def _read_yaml(source: Path | Traversable) -> dict:
+    try:
+        data = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{source}: cannot read the config file ({err})") from err
+    if data is None:  # an empty file, or comments only
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config file must be a mapping of sections (data:, model:, train:), "
+                          f"not a {type(data).__name__}")
+    return data
+
+
+def _config_chain(name_or_path: str | Path, relative_to: Path | None = None,
+                  seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """(source, mapping) of a config and its bases, the farthest base first."""
+    source = resolve_config_path(name_or_path, relative_to)
+    if str(source) in seen:
+        raise ConfigError(f"config bases form a loop: {' -> '.join([*seen, str(source)])}")
+    data = _read_yaml(source)
+    base = data.pop(BASE_KEY, None)
+    chain = []
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{source}: '{BASE_KEY}' must name a config, e.g. '{BASE_KEY}: default'")
+        folder = source.parent if isinstance(source, Path) else None
+        chain = _config_chain(base, folder, (*seen, str(source)))
+    return chain + [(str(source), data)]
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Compose defaults, an optional YAML file and `a.b=value` overrides into a checked config."""
+    """Compose defaults, an optional YAML file (with its bases) and `a.b=value` overrides into a checked config."""
     schema = OmegaConf.structured(ExperimentConfig)
     cfg = schema
-    if path is not None:
-        path = resolve_config_path(path)
+    for source, data in (_config_chain(path) if path is not None else []):
         try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # YAML syntax errors come in several types
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        try:
-            cfg = OmegaConf.merge(cfg, loaded)
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
         except OmegaConfBaseException as err:
-            raise _explain(err, schema, str(path)) from err
+            raise _explain(err, schema, source) from err
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=5")
@@ -221,8 +262,11 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
 
 
 def git_sha() -> str:
-    """SHA of the checkout the code runs from, '-dirty' if it has uncommitted changes."""
+    """SHA of the checkout the code runs from, '-dirty' if it has uncommitted changes; 'unknown' for an
+    installed package (whose folder is not a checkout, even if it sits inside one, e.g. in .venv/)."""
     repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        return "unknown"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, check=True).stdout.strip()

@@ -18,11 +18,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pandas as pd
-
-from dfew_mm.evaluate import modality_label
+if TYPE_CHECKING:  # pandas is imported where it is used: `dfew_mm --help` reads this module's defaults
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,8 @@ RUNS = (
      (("video", "pose"), ("video", "audio"), ("video", "pose", "audio"))),
 )
 DEMO_DARKEN = "0,0.25,0.5,0.75,1"
+DEMO_CLIPS = 60
+DEMO_WORKERS = 2
 
 
 @dataclass
@@ -46,8 +47,8 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
 
 
-def run_demo(out: str | Path = "demo", assets_dir: str | Path | None = None, clips: int = 60,
-             epochs: int | None = None, workers: int = 2, darken: str = DEMO_DARKEN, seed: int = 0,
+def run_demo(out: str | Path = "demo", assets_dir: str | Path | None = None, clips: int = DEMO_CLIPS,
+             epochs: int | None = None, workers: int = DEMO_WORKERS, darken: str = DEMO_DARKEN, seed: int = 0,
              overrides: Sequence[str] = ()) -> DemoResult:
     """Run all demo steps into `out`; `epochs` and `overrides` adjust the tiny training config."""
     out = Path(out).resolve()
@@ -73,7 +74,7 @@ def run_demo(out: str | Path = "demo", assets_dir: str | Path | None = None, cli
 
 # -- steps ---------------------------------------------------------------------------------------
 def _synth(root: Path, clips: int, seed: int, workers: int) -> Path:
-    from dfew_mm.data.synthetic import SynthConfig, generate_dataset
+    from dfew_mm.synth import SynthConfig, generate_dataset
 
     if (root / "synth_truth.csv").is_file():
         log.info("synthetic data already in %s", root)
@@ -84,7 +85,8 @@ def _synth(root: Path, clips: int, seed: int, workers: int) -> Path:
 
 def _extract(dfew_root: Path, store: Path, workers: int, assets_dir) -> Path:
     from dfew_mm.errors import StoreError
-    from dfew_mm.extract import ExtractOptions, list_clips, run_extraction, select_clips
+    from dfew_mm.extract.options import ExtractOptions
+    from dfew_mm.extract.run import list_clips, run_extraction, select_clips
 
     clips = select_clips(list_clips(dfew_root=dfew_root))
     summary = run_extraction(clips, store, ExtractOptions(), workers=workers, assets_dir=assets_dir)
@@ -119,6 +121,7 @@ def _train(dfew_root: Path, store: Path, runs: Path, epochs: int | None, seed: i
 
 def _evaluate(checkpoints: dict[str, Path], store: Path, folder: Path, darken: str) -> Path:
     from dfew_mm.evaluate import evaluate
+    from dfew_mm.predictions import modality_label
 
     for name, _, _, subsets in RUNS:
         for subset in subsets:

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from dfew_mm.errors import ConfigError
+from dfew_mm.device import resolve_device
 
 
 @dataclasses.dataclass
@@ -24,14 +24,11 @@ class Dist:
 
 def setup_distributed(device_pref: str) -> Dist:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on GPU, gloo on CPU. No-op for one process."""
-    cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
     world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_pref, local)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     return Dist(dist.get_rank() if world > 1 else 0, world, device)
 

@@ -1,10 +1,6 @@
 """Evaluation of a trained checkpoint on a DFEW fold: predictions file, metrics, low-light perturbation.
 
-The predictions file has one row per clip and evaluation pass (PREDICTION_COLUMNS): the true and
-predicted class, the class probabilities, the modalities the model was allowed to use, the
-perturbation applied to the face frames, and the quality columns of the feature store manifest,
-so that a notebook can slice results by brightness without opening the store again.
-A metrics JSON with the same stem sits beside it (`preds.csv` -> `preds.metrics.json`).
+The predictions file and its metrics JSON are described in dfew_mm.predictions.
 """
 
 from __future__ import annotations
@@ -19,21 +15,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import CLASSES, MODALITIES
 from dfew_mm.errors import ConfigError
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
+from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, metrics_path_for,  # noqa: F401
+                                 modality_label, perturbation_label, prediction_frame, run_name)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train")
-PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
-QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
-PREDICTION_COLUMNS = (
-    ("clip_id", "label", "pred", "correct") + PROB_COLUMNS
-    + ("label_name", "pred_name", "modalities", "perturbation", "darken", "run", "trained_modalities",
-       "fold", "split")
-    + QUALITY_COLUMNS
-)
 
 # -- low-light perturbation ----------------------------------------------------------------------
 # At strength 1 the perturbation roughly matches a dim indoor scene shot without extra light:
@@ -83,10 +72,6 @@ class Darken:
         return perturbation_label(self.strength)
 
 
-def perturbation_label(strength: float) -> str:
-    return "none" if strength == 0 else f"darken:{strength:g}"
-
-
 def parse_darken(spec: str | float | Sequence[float] | None) -> list[float]:
     """'0.5' -> [0.5]; '0,0.25,0.5' -> three passes; '0:1:0.25' -> 0, 0.25, .., 1; None -> [0]."""
     if spec is None:
@@ -132,39 +117,7 @@ def parse_modalities(spec: str | Sequence[str] | None, trained: Sequence[str]) -
     return names
 
 
-def modality_label(modalities: Sequence[str]) -> str:
-    return "+".join(m for m in MODALITIES if m in modalities)
-
-
 # -- evaluation --------------------------------------------------------------------------------
-def run_name(checkpoint: str | Path) -> str:
-    """A checkpoint is named after its run directory: runs/video_f1/best.pt -> video_f1."""
-    return Path(checkpoint).resolve().parent.name
-
-
-def metrics_path_for(out_csv: str | Path) -> Path:
-    out_csv = Path(out_csv)
-    return out_csv.with_name(out_csv.stem + ".metrics.json")
-
-
-def prediction_frame(clip_ids: Sequence[str], labels: np.ndarray, probs: np.ndarray,
-                     manifest: pd.DataFrame, **constants) -> pd.DataFrame:
-    """Rows of the predictions file for one pass; `probs` (N, 7), `constants` fill whole columns."""
-    pred = probs.argmax(axis=1)
-    frame = pd.DataFrame({"clip_id": [str(c) for c in clip_ids], "label": labels.astype(int),
-                          "pred": pred.astype(int)})
-    frame["correct"] = (frame["label"] == frame["pred"]).astype(int)
-    for j, column in enumerate(PROB_COLUMNS):
-        frame[column] = probs[:, j].astype(np.float64)
-    frame["label_name"] = [CLASSES[i] for i in frame["label"]]
-    frame["pred_name"] = [CLASSES[i] for i in frame["pred"]]
-    for key, value in constants.items():
-        frame[key] = value
-    quality = manifest.set_index("clip_id")[list(QUALITY_COLUMNS)]
-    frame = frame.join(quality, on="clip_id")
-    return frame[[c for c in PREDICTION_COLUMNS if c in frame.columns]]
-
-
 def metrics_by_pass(frame: pd.DataFrame) -> list[dict]:
     """Metrics of each (run, modalities, perturbation) pass in a predictions frame."""
     passes = []
@@ -181,35 +134,27 @@ def select_clips(store, data_cfg, split: str, seed: int) -> pd.DataFrame:
     Uses the training code's fold logic, so `val` is the same stratified share of the training
     fold that training validated on (same seed), and missing clips are handled the same way.
     """
-    from dfew_mm.data.dataset import fold_splits
+    from dfew_mm.data.splits import fold_splits
 
     part = getattr(fold_splits(store, data_cfg, seed), split)
     return pd.DataFrame({"clip_id": part.ids, "label": part.labels})
 
 
-def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequence[str],
+def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequence[str], device,
                         face_transform=None, batch_size: int | None = None, num_workers: int = 0,
                         seed: int = 0, desc: str = "evaluate") -> np.ndarray:
     """Class probabilities (N, 7) for the store clips in `clips` (columns clip_id, label)."""
-    import torch
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
-    from dfew_mm.data.dataset import ClipDataset, batch_to, collate
+    from dfew_mm.batch import collate
+    from dfew_mm.data.dataset import ClipDataset
+    from dfew_mm.inference import predict_logits
 
     dataset = ClipDataset(store, clips["clip_id"].tolist(), clips["label"].to_numpy(), cfg.data,
                           modalities=list(modalities), train=False, face_transform=face_transform, seed=seed)
-    device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
-    model.eval()
-    probs = []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-            batch = batch_to(batch, device)
-            logits = model(batch, modalities=list(modalities))  # (B, 7)
-            probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-    return np.concatenate(probs)
+    return predict_logits(model, loader, device, cfg.train.amp, modalities, progress=True, desc=desc).probs
 
 
 def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None, split: str = "test",
@@ -225,18 +170,16 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     data.splits_dir) unless `dfew_root` / `splits_dir` are given. `device` "auto" uses CUDA when
     available; `num_workers` defaults to the run's data.num_workers.
     """
-    import torch
-
-    from dfew_mm.data.store import FeatureStore
     from dfew_mm.checkpoint import load_checkpoint
+    from dfew_mm.data.store import FeatureStore
+    from dfew_mm.device import resolve_device
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     model, cfg, meta = load_checkpoint(checkpoint, map_location="cpu")
     mods = parse_modalities(modalities, cfg.model.modalities)
     strengths = parse_darken(darken)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     model.to(device)
     num_workers = cfg.data.num_workers if num_workers is None else num_workers
     data_cfg = replace(cfg.data, fold=fold or cfg.data.fold, store=str(store),
@@ -256,7 +199,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     frames = []
     for strength in strengths:
         transform = Darken(strength) if strength > 0 else None
-        probs = predict_store_clips(model, cfg, feature_store, clips, mods, transform, batch_size,
+        probs = predict_store_clips(model, cfg, feature_store, clips, mods, device, transform, batch_size,
                                     num_workers, seed, desc=perturbation_label(strength))
         frames.append(prediction_frame(clips["clip_id"], clips["label"].to_numpy(), probs,
                                        feature_store.manifest, modalities=modality_label(mods),

@@ -16,6 +16,7 @@ import numpy as np
 
 from dfew_mm.constants import CLASSES
 from dfew_mm.data.dataset import ClipDataset
+from dfew_mm.predictions import modality_label
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def extraction_options(cfg):
     from dataclasses import fields
 
     from dfew_mm.extract.run import SETTINGS_FILE
-    from dfew_mm.extract.worker import ExtractOptions
+    from dfew_mm.extract.options import ExtractOptions
 
     settings = Path(cfg.data.store) / SETTINGS_FILE if cfg.data.store else None
     if settings is not None and settings.is_file():
@@ -54,29 +55,31 @@ def extraction_options(cfg):
 
 
 def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_dir: str | Path | None = None,
-                  modalities: str | Sequence[str] | None = None, top_k: int = 3) -> list[dict]:
+                  modalities: str | Sequence[str] | None = None, top_k: int = 3, device: str = "auto") -> list[dict]:
     """One result dict per input path, in order.
 
     Success: {"clip", "ok": True, "top": [{"emotion", "prob"}, ...], "probs": {class: p},
     "modalities", "quality": {face_rate, pose_rate, has_audio, face_luma_mean, luma_mean, note}}.
     Failure: {"clip", "ok": False, "error": reason}.
     """
-    import torch
+    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from dfew_mm.data.dataset import collate
-    from dfew_mm.evaluate import modality_label, parse_modalities
-    from dfew_mm.extract.worker import ClipExtractor, resolve_models
+    from dfew_mm.batch import collate
     from dfew_mm.checkpoint import load_checkpoint
+    from dfew_mm.device import resolve_device
+    from dfew_mm.evaluate import parse_modalities
+    from dfew_mm.extract.worker import ClipExtractor, resolve_models
+    from dfew_mm.inference import predict_logits
 
-    model, cfg, _ = load_checkpoint(checkpoint, map_location="cpu")
-    model.eval()
+    dev = resolve_device(device)
+    model, cfg, _ = load_checkpoint(checkpoint, map_location=dev)
     mods = parse_modalities(modalities, cfg.model.modalities)
     options = extraction_options(cfg)
     extractor = ClipExtractor(options, resolve_models(options, assets_dir))
     results = []
     try:
-        for raw in tqdm(paths, desc="predict", unit="clip", disable=len(paths) < 2):
+        for raw in tqdm(paths, desc="predict", unit="clip", disable=None if len(paths) > 1 else True):
             path = Path(raw)
             if not path.is_file():
                 results.append({"clip": str(path), "ok": False,
@@ -87,9 +90,8 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
                 results.append({"clip": str(path), "ok": False,
                                 "error": f"cannot read {path}: {record['error']}"})
                 continue
-            batch = collate([InMemoryClips({path.stem: arrays}, cfg.data, mods)[0]])
-            with torch.inference_mode():
-                probs = torch.softmax(model(batch, modalities=mods).float(), dim=-1)[0].numpy()  # (7,)
+            loader = DataLoader(InMemoryClips({path.stem: arrays}, cfg.data, mods), batch_size=1, collate_fn=collate)
+            probs = predict_logits(model, loader, dev, cfg.train.amp, mods).probs[0]  # (7,)
             order = np.argsort(-probs)[:top_k]
             results.append({
                 "clip": str(path), "ok": True, "modalities": modality_label(mods),

@@ -2,8 +2,8 @@
 honest model selection on a validation split carved from the training fold, exact resume.
 
 Run directory (`train.out_dir`): config.yaml, environment.json, metrics.jsonl, tb/, last.pt,
-best.pt (highest validation UAR), test_metrics.json (test fold, best and last, written at the end)
-and excluded_clips.csv when `data.allow_missing` left clips out.
+best.pt (highest validation UAR), test_metrics.json and test_predictions.csv (test fold, best and
+last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import pandas as pd
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -24,16 +26,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
+from dfew_mm.batch import batch_to, collate
+from dfew_mm.checkpoint import load_weights, model_config_diff, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
 from dfew_mm.constants import NUM_CLASSES
-from dfew_mm.data.dataset import ClipDataset, batch_to, collate, fold_splits
+from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
+from dfew_mm.data.splits import fold_splits
 from dfew_mm.data.store import FeatureStore
-from dfew_mm.errors import ConfigError, DfewMMError
-from dfew_mm.checkpoint import load_weights, model_config_diff, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
+from dfew_mm.errors import ConfigError, DfewMMError
+from dfew_mm.inference import Predictions, predict_logits
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.models import EmotionModel, build_model, load_pretrained
+from dfew_mm.predictions import modality_label, prediction_frame
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
@@ -83,28 +90,21 @@ def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist, ca
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-@torch.inference_mode()
-def evaluate_loader(model: EmotionModel, loader: DataLoader, d: Dist, amp: bool) -> dict:
-    """Metrics over the union of all ranks' shards."""
-    model.eval()
-    ids, y_true, y_pred = [], [], []
-    for batch in loader:
-        batch = batch_to(batch, d.device)
-        with _autocast(d, amp):
-            logits = model(batch)  # (B, 7)
-        ids += batch["clip_id"]
-        y_true += batch["label"].tolist()
-        y_pred += logits.argmax(-1).tolist()
-    parts = gather((ids, y_true, y_pred), d)
-    y_true = [y for p in parts for y in p[1]]
-    y_pred = [y for p in parts for y in p[2]]
-    return classification_metrics(y_true, y_pred)
+def evaluate_loader(model: EmotionModel, loader: DataLoader, d: Dist, amp: bool) -> tuple[dict, Predictions]:
+    """Metrics and predictions over the union of all ranks' shards (the shared inference loop)."""
+    parts = gather(predict_logits(model, loader, d.device, amp), d)
+    preds = Predictions.concat(parts)
+    return classification_metrics(preds.labels, preds.preds), preds
 
 
-def _autocast(d: Dist, amp: bool):
-    if d.device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path,
+                     by_checkpoint: dict[str, Predictions]) -> pd.DataFrame:
+    """The test fold's per-clip predictions of each checkpoint, in the `dfew_mm evaluate` file format."""
+    mods = modality_label(cfg.model.modalities)
+    return pd.concat([prediction_frame(p.clip_ids, p.labels, p.probs, store.manifest, modalities=mods,
+                                       perturbation="none", darken=0.0, run=run_dir.name, trained_modalities=mods,
+                                       fold=cfg.data.fold, split="test", checkpoint=name)
+                      for name, p in by_checkpoint.items()], ignore_index=True)
 
 
 # -- optimiser ----------------------------------------------------------------------------------
@@ -141,6 +141,8 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None) -> Path:
     """Train one fold; returns the run directory. `stop_after_epochs` ends this call early
     (for time-limited job slots); `resume=True` continues from the run directory's last.pt."""
+    if not cfg.data.store:
+        raise ConfigError("no feature store given: pass --store FEATURES (data.store=FEATURES)")
     for key in ("epochs", "batch_size", "grad_accum"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key}={getattr(cfg.train, key)} must be at least 1")
@@ -216,13 +218,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         train_set.set_epoch(epoch)
         train_loader.sampler.set_epoch(epoch)
         tic, seen, loss_sum, bad_steps, skipped = time.perf_counter(), 0, 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not d.main,
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=None if d.main else True,
                    leave=False)
         for i, batch in enumerate(bar):
             batch = batch_to(batch, d.device)
             boundary = (i + 1) % cfg.train.grad_accum == 0 or i + 1 == len(train_loader)
             sync = net.no_sync() if d.world > 1 and not boundary else nullcontext()
-            with sync, _autocast(d, cfg.train.amp):
+            with sync, autocast(d.device, cfg.train.amp):
                 logits = step_fn(batch)  # (B, 7)
                 loss = F.cross_entropy(logits.float(), batch["label"], weight=weights,
                                        label_smoothing=cfg.train.label_smoothing)
@@ -254,7 +256,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         seen_all = sum(s for s, _ in totals)
 
         # -- validation and checkpoints
-        val = evaluate_loader(model, val_loader, d, cfg.train.amp)
+        val, _ = evaluate_loader(model, val_loader, d, cfg.train.amp)
         improved = best["epoch"] < 0 or val["uar"] > best["uar"]
         if improved:
             best = {"uar": val["uar"], "epoch": epoch}
@@ -280,12 +282,16 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
 
     # -- test fold, touched only once training is complete
     if end_epoch == cfg.train.epochs:
-        results = {"last": {"epoch": end_epoch - 1, **evaluate_loader(model, test_loader, d, cfg.train.amp)}}
+        last_metrics, last_preds = evaluate_loader(model, test_loader, d, cfg.train.amp)
         best_ckpt = read_checkpoint(best_path, "cpu")
         load_weights(model, best_ckpt["model"], best_path)
-        results["best"] = {"epoch": best_ckpt["meta"]["epoch"], **evaluate_loader(model, test_loader, d, cfg.train.amp)}
+        best_metrics, best_preds = evaluate_loader(model, test_loader, d, cfg.train.amp)
+        results = {"last": {"epoch": end_epoch - 1, **last_metrics},
+                   "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics}}
         if d.main:
             (run_dir / "test_metrics.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
+            test_predictions(cfg, store, run_dir, {"best": best_preds, "last": last_preds}).to_csv(
+                run_dir / "test_predictions.csv", index=False)
             log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
                      format_metrics(results["best"]), format_metrics(results["last"]))
         barrier(d)

@@ -12,6 +12,10 @@ from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dfew import SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
 
+# Overrides of configs/tiny.yaml for these stores: 4 of their frames, 32 px faces, 1 s of audio, CPU.
+SMALL = ["data.face_size=32", "data.frames=4", "data.audio_frames=100", "model.audio.max_length=112",
+         "model.video.input_size=0", "train.epochs=3", "train.batch_size=8", "train.device=cpu"]
+
 
 def random_clip(rng: np.random.Generator, frames: int = 8, face: int = 32, audio: int = 150) -> dict:
     return {

@@ -49,7 +49,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthetic DFEW copy (real H.264/AAC files), generated once per test session."""
-    from dfew_mm.data.synthetic import SynthConfig, generate_dataset
+    from dfew_mm.synth import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("synth_dfew")
     generate_dataset(root, SynthConfig(clips=35, seed=3))
@@ -59,7 +59,8 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_store(synth_root, assets_dir, tmp_path_factory) -> Path:
     """The real extractor (16 frames, 112 px faces, 2 workers) run once per session on `synth_root`."""
-    from dfew_mm.extract import ExtractOptions, list_clips, run_extraction, select_clips
+    from dfew_mm.extract.options import ExtractOptions
+    from dfew_mm.extract.run import list_clips, run_extraction, select_clips
 
     out = tmp_path_factory.mktemp("synth_store")
     clips = select_clips(list_clips(dfew_root=synth_root))
@@ -67,6 +68,29 @@ def synth_store(synth_root, assets_dir, tmp_path_factory) -> Path:
     if summary.ok != len(clips):
         raise RuntimeError("extraction of the synthetic clips failed:\n" + "\n".join(summary.lines()))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> dict:
+    """A tiny video+audio model trained for two epochs on a store of random arrays (seconds; no
+    MediaPipe assets needed): the checkpoint for evaluation and prediction tests."""
+    import torch
+
+    from _train_stores import SMALL, make_store
+    from dfew_mm.config import load_config
+    from dfew_mm.train import train
+
+    root = tmp_path_factory.mktemp("trained_run")
+    dfew, store = make_store(root, clips=30, frames=6, face=32, audio=110)
+    cfg = load_config("tiny", [f"data.store={store}", f"data.dfew_root={dfew}", f"train.out_dir={root / 'run'}",
+                               "model.modalities=[video,audio]", *SMALL, "train.epochs=2"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return {"run": run, "store": store, "dfew": dfew}
 
 
 @pytest.fixture(scope="session")

@@ -58,15 +58,14 @@ def test_parse_darken_and_modalities():
         parse_modalities("video+audio", ["video"])
 
 
-@pytest.mark.slow
-def test_darkening_changes_face_frames_only(demo_run):
-    from dfew_mm.config import load_config
+def test_darkening_changes_face_frames_only(trained_run):
+    from dfew_mm.checkpoint import load_checkpoint
     from dfew_mm.data.dataset import ClipDataset
     from dfew_mm.data.store import FeatureStore
 
-    store = FeatureStore(demo_run["out"] / "features")
+    store = FeatureStore(trained_run["store"])
     ids = store.ok_ids()[:3]
-    cfg = load_config("tiny").data
+    cfg = load_checkpoint(trained_run["run"] / "best.pt")[1].data
     kwargs = dict(modalities=["video", "pose", "audio"], train=False)
     plain = ClipDataset(store, ids, [0] * len(ids), cfg, **kwargs)
     dark = ClipDataset(store, ids, [0] * len(ids), cfg, face_transform=Darken(0.8), **kwargs)
@@ -79,19 +78,17 @@ def test_darkening_changes_face_frames_only(demo_run):
         assert a["label"] == b["label"] and a["clip_id"] == b["clip_id"]
 
 
-@pytest.mark.slow
-def test_evaluate_writes_documented_columns_and_consistent_metrics(demo_run, tmp_path):
-    out = demo_run["out"]
+def test_evaluate_writes_documented_columns_and_consistent_metrics(trained_run, tmp_path):
     out_csv = tmp_path / "preds.csv"
-    result = evaluate(out / "runs" / "video+pose+audio" / "best.pt", out / "features",
-                      modalities="video+audio", darken="0,1", out_csv=out_csv)
+    result = evaluate(trained_run["run"] / "best.pt", trained_run["store"], modalities="video+audio",
+                      darken="0,1", out_csv=out_csv)
     frame = pd.read_csv(out_csv, dtype={"clip_id": str})
     assert list(frame.columns) == list(PREDICTION_COLUMNS)
     assert set(frame["perturbation"]) == {"none", "darken:1"}
     assert (frame["modalities"] == "video+audio").all()
-    assert (frame["trained_modalities"] == "video+pose+audio").all()
+    assert (frame["trained_modalities"] == "video+audio").all()
     n_clips = frame["clip_id"].nunique()
-    assert len(frame) == 2 * n_clips and n_clips == result["passes"][0]["n"]
+    assert len(frame) == 2 * n_clips and n_clips == result["passes"][0]["n"] == 6  # fold 1's test clips
 
     probs = frame[list(PROB_COLUMNS)].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -99,7 +96,7 @@ def test_evaluate_writes_documented_columns_and_consistent_metrics(demo_run, tmp
     assert (frame["correct"] == (frame["pred"] == frame["label"]).astype(int)).all()
     assert (frame["label_name"] == [CLASSES[i] for i in frame["label"]]).all()
 
-    manifest = pd.read_csv(out / "features" / "manifest.csv", dtype={"clip_id": str}).set_index("clip_id")
+    manifest = pd.read_csv(trained_run["store"] / "manifest.csv", dtype={"clip_id": str}).set_index("clip_id")
     joined = manifest.loc[frame["clip_id"], list(QUALITY_COLUMNS)].reset_index(drop=True)
     pd.testing.assert_frame_equal(frame[list(QUALITY_COLUMNS)], joined, check_dtype=False)
 
@@ -114,25 +111,42 @@ def test_evaluate_writes_documented_columns_and_consistent_metrics(demo_run, tmp
             assert (p["per_class_recall"][name] is None) if math.isnan(r) else p["per_class_recall"][name] == pytest.approx(r)
 
 
-@pytest.mark.slow
-def test_evaluate_cli_rejects_modalities_the_model_lacks(demo_run, tmp_path, capsys):
+def test_evaluate_reproduces_the_training_runs_test_metrics(trained_run, tmp_path):
+    """One inference loop: `evaluate` on best.pt gives the numbers training wrote for its test fold."""
+    run = trained_run["run"]
+    saved = json.loads((run / "test_metrics.json").read_text())["best"]
+    result = evaluate(run / "best.pt", trained_run["store"], out_csv=tmp_path / "best.csv")
+    (ours,) = result["passes"]
+    for key in ("uar", "war", "macro_f1"):
+        assert round(ours[key], 4) == round(saved[key], 4), key
+    assert ours["confusion"] == saved["confusion"] and ours["n"] == saved["n"]
+    # training also wrote the per-clip predictions of both checkpoints in the same file format
+    written = pd.read_csv(run / "test_predictions.csv", dtype={"clip_id": str})
+    best = written[written["checkpoint"] == "best"].reset_index(drop=True)
+    ours_frame = pd.read_csv(tmp_path / "best.csv", dtype={"clip_id": str})
+    assert list(written.columns) == [*PREDICTION_COLUMNS, "checkpoint"]
+    assert set(written["checkpoint"]) == {"best", "last"}
+    assert best["clip_id"].tolist() == ours_frame["clip_id"].tolist()
+    assert np.allclose(best[list(PROB_COLUMNS)].to_numpy(), ours_frame[list(PROB_COLUMNS)].to_numpy(), atol=1e-5)
+
+
+def test_evaluate_cli_rejects_modalities_the_model_lacks(trained_run, tmp_path, capsys):
     from dfew_mm.cli import main
 
-    out = demo_run["out"]
-    code = main(["evaluate", "--checkpoint", str(out / "runs" / "video" / "best.pt"), "--store",
-                 str(out / "features"), "--modalities", "video+pose", "--out", str(tmp_path / "x.csv")])
+    code = main(["evaluate", "--checkpoint", str(trained_run["run"] / "best.pt"), "--store",
+                 str(trained_run["store"]), "--modalities", "video+pose", "--out", str(tmp_path / "x.csv")])
     assert code == 2 and "cannot use ['pose']" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
 
 @pytest.mark.slow
-def test_predict_real_clip_and_unreadable_file(demo_run, clips_dir, assets_dir, tmp_path, capsys):
+def test_predict_real_clip_and_unreadable_file(trained_run, clips_dir, assets_dir, tmp_path, capsys):
     from dfew_mm.cli import main
 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     clip = clips_dir / "dfew_samples" / "happy.mp4"
-    checkpoint = demo_run["out"] / "runs" / "video+pose+audio" / "best.pt"
+    checkpoint = trained_run["run"] / "best.pt"
     code = main(["predict", str(clip), str(broken), str(tmp_path / "missing.mp4"), "--checkpoint", str(checkpoint),
                  "--json", "--assets-dir", str(assets_dir)])
     captured = capsys.readouterr()

@@ -375,7 +375,8 @@ def test_assets_dir_and_environment(tmp_path, assets_dir, monkeypatch):
 
 
 def test_blendshapes_option(tmp_path, clips_dir, assets_dir):
-    from dfew_mm.extract import ClipExtractor, ExtractOptions
+    from dfew_mm.extract.options import ExtractOptions
+    from dfew_mm.extract.worker import ClipExtractor
     from dfew_mm.extract.worker import resolve_models
 
     options = ExtractOptions(blendshapes=True, frames=4)

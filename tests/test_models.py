@@ -79,8 +79,11 @@ def test_larger_video_backbones_give_their_feature_size(arch, dim):
 def test_video_encoder_resizes_inside_and_normalises_uint8():
     cfg = small_model_config(**{"model.video.input_size": 24}).video
     enc = VideoEncoder(cfg).eval()
-    video = make_batch(2)["video"]
-    assert enc(video).shape == (2, T, 512)
+    seen = []
+    enc.backbone.conv1.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    with torch.no_grad():
+        assert enc(make_batch(2)["video"]).shape == (2, T, 512)
+    assert seen == [(2 * T, 3, 24, 24)]  # the backbone sees 24 px faces, not the stored 32 px
     white = torch.full((1, 1, 3, S, S), 255, dtype=torch.uint8)
     x = (white.flatten(0, 1).float() - enc.mean) / enc.std
     assert torch.allclose(x[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
@@ -279,5 +282,8 @@ def test_build_model_never_downloads_and_load_pretrained_is_separate(monkeypatch
     cfg = load_config("default").model  # pretrained ResNet-18 and AST: built with random weights
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 80_000_000
-    cfg = small_model_config(("pose",))
-    assert load_pretrained(build_model(cfg), cfg) is not None  # pose has no pretrained weights
+    cfg = small_model_config(("pose",))  # pose has no pretrained weights: loading changes nothing
+    model = build_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert load_pretrained(model, cfg) is model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

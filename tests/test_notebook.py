@@ -5,13 +5,13 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from dfew_mm.analysis import NOTEBOOK, execute_notebook, fix_table, load_predictions
+from dfew_mm.analysis import execute_notebook, fix_table, load_predictions, shipped_notebook
 
 FIGURES = ("brightness_bins", "darkening_curves", "per_class_recall_low_light", "dark_face_crops")
 
 
 def test_notebook_is_committed_clean_and_parameterised():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.reads(shipped_notebook().read_text(), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
     assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1

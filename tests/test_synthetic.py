@@ -13,7 +13,7 @@ from mediapipe.tasks.python import vision
 
 from dfew_mm.constants import CLASSES, LUMA_WEIGHTS
 from dfew_mm.data.dfew import CLIP_DIR, load_folds
-from dfew_mm.data.synthetic import SynthConfig, generate_dataset, plan_clips, render_audio, render_frames
+from dfew_mm.synth import SynthConfig, generate_dataset, plan_clips, render_audio, render_frames
 
 
 def _truth(root):

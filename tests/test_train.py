@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_stores import make_store
+from _train_stores import SMALL, make_store
 from dfew_mm.cli import main as cli_main
 from dfew_mm.config import load_config
 from dfew_mm.errors import DfewMMError
 from dfew_mm.checkpoint import load_checkpoint
 from dfew_mm.train import train
 
-SMALL = ["data.face_size=32", "data.frames=4", "data.audio_frames=100", "model.audio.max_length=112",
-         "model.video.input_size=0", "train.epochs=3", "train.batch_size=8", "train.device=cpu"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,6 +102,7 @@ def test_two_process_ddp_on_cpu_writes_one_set_of_checkpoints(store, tmp_path):
            "train.epochs=2", "train.class_balance=sampler"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "\r" not in done.stderr and "epoch 2:" in done.stderr  # no progress bars in a log, one line per epoch
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # one writer
     result = json.loads((out / "test_metrics.json").read_text())

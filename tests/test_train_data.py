@@ -8,7 +8,9 @@ import torch
 
 from _train_stores import make_store
 from dfew_mm.config import load_config
-from dfew_mm.data.dataset import ClipDataset, collate, crop_audio, fold_splits, frame_indices, stratified_val_split
+from dfew_mm.batch import collate
+from dfew_mm.data.dataset import ClipDataset, crop_audio, frame_indices
+from dfew_mm.data.splits import fold_splits, stratified_val_split
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import StoreError
 

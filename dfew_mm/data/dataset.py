@@ -1,155 +1,26 @@
-"""Torch dataset over the feature store: fold lists -> samples -> batches.
+"""Torch dataset over the feature store: clip ids -> `Sample` dicts (see dfew_mm.batch).
 
 Samples are plain array loads of the per-clip npz (no image decoding), resampled to a fixed
-number of frames and audio filterbank frames, each modality with a validity mask. The
-validation split is carved out of the training fold (stratified, seeded); the test fold is
-only used at the end of training.
+number of frames and audio filterbank frames, each modality with a validity mask.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NotRequired, Sequence, TypedDict
+from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
+from dfew_mm.batch import Sample
 from dfew_mm.config import DataConfig
 from dfew_mm.constants import MODALITIES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNELS
-from dfew_mm.data.dfew import load_fold
+from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import StoreError
 
-if TYPE_CHECKING:
-    from dfew_mm.data.embeddings import EmbeddingCache
-
-log = logging.getLogger(__name__)
-
 FaceTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SECONDS_PER_AUDIO_FRAME = 0.01  # 10 ms filterbank hop
-
-
-class Sample(TypedDict):
-    video: torch.Tensor  # (T, 3, S, S) uint8 RGB face crops
-    video_mask: torch.Tensor  # (T,) bool, a face was found in that frame
-    pose: torch.Tensor  # (T, 33, 4) float32 x, y, z, visibility
-    pose_mask: torch.Tensor  # (T,) bool
-    audio: torch.Tensor  # (F, 128) float32 log-mel filterbank (not yet normalised)
-    audio_mask: torch.Tensor  # (F,) bool, false for padding and for clips without audio
-    audio_start: float  # seconds of clip time at audio[0] (non-zero after a random crop)
-    frame_time: torch.Tensor  # (T,) float32 seconds
-    label: int  # 0-based class index
-    clip_id: str
-
-
-class Batch(TypedDict):
-    video: torch.Tensor  # (B, T, 3, S, S) uint8
-    video_mask: torch.Tensor  # (B, T) bool
-    pose: torch.Tensor  # (B, T, 33, 4) float32
-    pose_mask: torch.Tensor  # (B, T) bool
-    audio: torch.Tensor  # (B, F, 128) float32
-    audio_mask: torch.Tensor  # (B, F) bool
-    audio_start: torch.Tensor  # (B,) float32 seconds
-    frame_time: torch.Tensor  # (B, T) float32 seconds
-    label: torch.Tensor  # (B,) int64
-    clip_id: list[str]
-    # Only when training from an embedding cache (`dfew_mm embed`): frozen-backbone outputs that
-    # replace running the video / audio encoders.
-    video_emb: NotRequired[torch.Tensor]  # (B, T, D_v) float32
-    audio_emb: NotRequired[torch.Tensor]  # (B, T_a, D_a) float32
-    audio_emb_mask: NotRequired[torch.Tensor]  # (B, T_a) bool
-    audio_emb_time: NotRequired[torch.Tensor]  # (B, T_a) float32 seconds
-
-
-# -- fold lists -> store ids -------------------------------------------------------------------
-@dataclass
-class Split:
-    ids: list[str]
-    labels: np.ndarray  # (N,) int64
-
-
-@dataclass
-class FoldSplits:
-    train: Split
-    val: Split
-    test: Split
-    excluded: pd.DataFrame  # clip_id, split, reason: clips left out with allow_missing
-
-
-def _usable(store: FeatureStore, ids: Sequence[str]) -> dict[str, str]:
-    """clip id -> reason it cannot be used ('' when usable)."""
-    manifest = store.manifest.set_index("clip_id")
-    reasons = {}
-    for clip_id in ids:
-        if clip_id not in manifest.index:
-            reasons[clip_id] = "not extracted"
-        elif manifest.at[clip_id, "status"] != "ok":
-            reasons[clip_id] = f"extraction {manifest.at[clip_id, 'status']}: {manifest.at[clip_id, 'error']}"
-        elif clip_id not in store:
-            reasons[clip_id] = "record present but clip file missing"
-        else:
-            reasons[clip_id] = ""
-    return reasons
-
-
-def stratified_val_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask (N,) of validation members: systematic stratified sampling.
-
-    Each clip gets its rank within its (shuffled) class as a quantile; the clips with the smallest
-    quantiles go to validation, so every class contributes in proportion. Classes with a single
-    clip stay in training.
-    """
-    rng = np.random.default_rng(seed)
-    quantile = np.full(len(labels), np.inf)
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        if len(members) < 2:
-            continue
-        order = rng.permutation(members)
-        quantile[order] = (np.arange(len(order)) + rng.random(len(order))) / len(order)
-    n_val = max(1, int(round(len(labels) * fraction))) if np.isfinite(quantile).any() else 0
-    chosen = np.argsort(quantile, kind="stable")[:n_val]
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[chosen[np.isfinite(quantile[chosen])]] = True
-    return mask
-
-
-def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int) -> FoldSplits:
-    """Train/val/test clip ids of `data_cfg.fold` that are present in the store."""
-    root = Path(data_cfg.dfew_root) if data_cfg.dfew_root else None
-    splits_dir = Path(data_cfg.splits_dir) if data_cfg.splits_dir else None
-    fold = load_fold(data_cfg.fold, root, splits_dir)
-    excluded, kept = [], {}
-    for name, frame in (("train", fold.train), ("test", fold.test)):
-        ids = [str(int(i)) for i in frame.index]
-        reasons = _usable(store, ids)
-        bad = [i for i in ids if reasons[i]]
-        if bad and not data_cfg.allow_missing:
-            first = ", ".join(f"{i} ({reasons[i]})" for i in bad[:5])
-            raise StoreError(
-                f"{len(bad)} of {len(ids)} {name} clips of fold {fold.k} are not usable in feature store "
-                f"{store.path}: {first}{' ...' if len(bad) > 5 else ''}. Extract them, or pass "
-                "--allow-missing (data.allow_missing=true) to leave them out and record the list."
-            )
-        excluded += [{"clip_id": i, "split": name, "reason": reasons[i]} for i in bad]
-        good = frame.loc[[int(i) for i in ids if not reasons[i]], "label"].to_numpy(dtype=np.int64)
-        kept[name] = Split([i for i in ids if not reasons[i]], good)
-    if excluded:
-        log.warning("fold %d: leaving out %d clips missing from or failed in %s (first: %s)", fold.k,
-                    len(excluded), store.path, ", ".join(e["clip_id"] for e in excluded[:5]))
-    if not kept["train"].ids or not kept["test"].ids:
-        raise StoreError(f"fold {fold.k}: no usable train or test clips in feature store {store.path}")
-    train = kept["train"]
-    is_val = stratified_val_split(train.labels, data_cfg.val_fraction, seed)
-    if not is_val.any():
-        raise StoreError(f"fold {fold.k}: too few training clips ({len(train.ids)}) to carve a validation split")
-    pick = lambda mask: Split([i for i, m in zip(train.ids, mask) if m], train.labels[mask])  # noqa: E731
-    return FoldSplits(pick(~is_val), pick(is_val), kept["test"],
-                      pd.DataFrame(excluded, columns=["clip_id", "split", "reason"]))
 
 
 # -- per-clip resampling ---------------------------------------------------------------------------
@@ -267,36 +138,3 @@ class ClipDataset(Dataset):
         if self.cache is not None:
             sample.update(self.cache.load(clip_id, self.modalities))  # type: ignore[typeddict-item]
         return sample
-
-
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack that, inside a DataLoader worker, writes straight into shared memory (as torch's
-    default_collate does), so the batch is not copied again on its way to the main process."""
-    out = None
-    if get_worker_info() is not None:
-        numel = sum(t.numel() for t in tensors)
-        storage = tensors[0]._typed_storage()._new_shared(numel, device=tensors[0].device)
-        out = tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape)
-    return torch.stack(tensors, out=out)
-
-
-def collate(samples: list[Sample]) -> Batch:
-    """Stack samples into a `Batch` (all samples share T, F and S by construction)."""
-    stack = lambda key: _stack([s[key] for s in samples])  # noqa: E731
-    # Stack faces in their stored (T, S, S, 3) layout (a plain memcpy) and view them as
-    # (B, T, 3, S, S); the encoder then works channels-last without another copy.
-    video = _stack([s["video"].permute(0, 2, 3, 1) for s in samples]).permute(0, 1, 4, 2, 3)
-    cached = {key: stack(key) for key in ("video_emb", "audio_emb", "audio_emb_mask", "audio_emb_time")
-              if key in samples[0]}
-    return Batch(**cached, video=video, video_mask=stack("video_mask"), pose=stack("pose"),
-                 pose_mask=stack("pose_mask"), audio=stack("audio"), audio_mask=stack("audio_mask"),
-                 audio_start=torch.tensor([s["audio_start"] for s in samples], dtype=torch.float32),
-                 frame_time=stack("frame_time"),
-                 label=torch.tensor([s["label"] for s in samples], dtype=torch.int64),
-                 clip_id=[s["clip_id"] for s in samples])
-
-
-def batch_to(batch: Batch, device: torch.device) -> Batch:
-    """Move the tensors of a batch to a device (non-blocking from pinned memory)."""
-    return Batch(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                    for k, v in batch.items()})  # type: ignore[typeddict-item]

@@ -1,4 +1,4 @@
-"""Embedding cache for frozen-backbone experiments.
+"""Reading the embedding cache of frozen-backbone experiments (written by dfew_mm.embed).
 
 `dfew_mm embed` runs the (frozen) video and audio encoders once over every clip of a store and
 saves their outputs; training with `data.embedding_cache` then reads those instead of faces and
@@ -22,12 +22,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dfew_mm.config import ExperimentConfig
-from dfew_mm.data.dataset import ClipDataset, batch_to, collate
-from dfew_mm.data.store import FeatureStore, atomic_write_bytes
 from dfew_mm.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -35,7 +31,7 @@ CACHED_MODALITIES = ("video", "audio")
 DATA_KEYS = ("frames", "face_size", "audio_frames")
 
 
-def _meta(cfg: ExperimentConfig, modalities: Sequence[str]) -> dict:
+def cache_meta(cfg: ExperimentConfig, modalities: Sequence[str]) -> dict:
     meta = {"store": str(Path(cfg.data.store).resolve()), "modalities": list(modalities)}
     meta.update({key: getattr(cfg.data, key) for key in DATA_KEYS})
     for m in modalities:
@@ -68,7 +64,7 @@ class EmbeddingCache:
             if getattr(cfg.model, m).freeze != "all":
                 raise ConfigError(f"training from embedding cache {self.path} needs a frozen {m} encoder: "
                                   f"set model.{m}.freeze=all")
-        current = _meta(cfg, wanted)
+        current = cache_meta(cfg, wanted)
         diff = [f"{key}: cache {self.meta.get(key)!r}, config {current[key]!r}"
                 for key in (*DATA_KEYS, *wanted) if self.meta.get(key) != current[key]]
         if diff:
@@ -91,59 +87,3 @@ class EmbeddingCache:
                 out["audio_emb_mask"] = torch.from_numpy(data["audio_mask"])
                 out["audio_emb_time"] = torch.from_numpy(data["audio_time"])
         return out
-
-
-def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, device: str = "auto",
-                progress: bool = True) -> Path:
-    """Embed every usable clip of `cfg.data.store` with the config's video/audio encoders.
-
-    Resumable: clips already in the cache are skipped. The encoders are built and loaded
-    (pretrained weights as configured) once; their weights are saved with the cache.
-    """
-    from dfew_mm.models import ENCODERS, build_model
-
-    out = Path(out)
-    modalities = [m for m in cfg.model.modalities if m in CACHED_MODALITIES]
-    if not modalities:
-        raise ConfigError("nothing to embed: the cache holds video and/or audio; pose is read from the store")
-    meta = _meta(cfg, modalities)
-    if (out / "meta.json").is_file():
-        cache = EmbeddingCache(out)
-        if cache.meta != meta:
-            raise ConfigError(f"{out} holds embeddings made with other settings; choose another --out")
-    store = FeatureStore(cfg.data.store)
-    model_cfg = dataclasses.replace(cfg.model, modalities=modalities)
-    model = build_model(model_cfg)
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    encoders_path = out / "encoders.pt"
-    if encoders_path.is_file():
-        for m, state in torch.load(encoders_path, map_location="cpu", weights_only=True).items():
-            model.encoders[m].load_state_dict(state, strict=True)
-    else:
-        for m in modalities:
-            ENCODERS[m][1](model.encoders[m], model_cfg)  # pretrained weights as configured
-        state = {m: model.encoders[m].state_dict() for m in modalities}
-        atomic_write_bytes(encoders_path, lambda f: torch.save(state, f))
-    atomic_write_bytes(out / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
-    model.to(dev).eval()
-
-    todo = [i for i in store.ok_ids() if not (out / "clips" / f"{i}.npz").is_file()]
-    log.info("embedding %d clips (%d already cached) with %s on %s", len(todo), len(store.ok_ids()) - len(todo),
-             ",".join(modalities), dev)
-    dataset = ClipDataset(store, todo, np.zeros(len(todo), np.int64), cfg.data, modalities, train=False)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and cfg.train.amp)
-    with torch.inference_mode(), autocast:
-        for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-            batch = batch_to(batch, dev)
-            arrays: dict[str, np.ndarray] = {}
-            if "video" in modalities:
-                arrays["video"] = model.encoders["video"](batch["video"]).float().cpu().numpy()  # (B, T, D_v)
-            if "audio" in modalities:
-                tokens, mask, times = model.encoders["audio"](batch["audio"], batch["audio_mask"], batch["audio_start"])
-                arrays.update(audio=tokens.float().cpu().numpy(), audio_mask=mask.cpu().numpy(),
-                              audio_time=times.float().cpu().numpy())
-            for b, clip_id in enumerate(batch["clip_id"]):
-                clip = {k: (v[b].astype(np.float16) if k in ("video", "audio") else v[b]) for k, v in arrays.items()}
-                atomic_write_bytes(out / "clips" / f"{clip_id}.npz", lambda f: np.savez(f, **clip))
-    return out

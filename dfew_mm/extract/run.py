@@ -217,7 +217,8 @@ def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOpt
     if summary.skipped:
         log.info("%d of %d clips already extracted in %s, skipping them", summary.skipped, len(clips), out)
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
+    # disable=None: a bar only on a terminal, never thousands of carriage returns in a log file
+    bar = tqdm(total=len(todo), unit="clip", desc="extract", disable=None if progress else True, dynamic_ncols=True)
     try:
         for record in _records(todo, options, model_paths, out, workers):
             summary.add(record)

@@ -8,61 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES
 from dfew_mm.extract.assets import resolve_model
 from dfew_mm.extract.audio import log_mel_fbank
 from dfew_mm.extract.decode import DecodeError, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
 from dfew_mm.extract.images import downscale
 from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_logs
+from dfew_mm.extract.options import ExtractOptions
 from dfew_mm.extract.pose import PoseEstimator
 from dfew_mm.extract.quality import frame_luma, masked_mean_luma, rms_db
 
 log = logging.getLogger(__name__)
-
-FACE_MODELS = ("auto", "short_range", "full_range")  # auto: both, the better track per clip
-POSE_MODELS = ("full", "lite")
-
-
-@dataclass(frozen=True)
-class ExtractOptions:
-    """Settings that change the stored features (saved with the store, checked on resume)."""
-
-    frames: int = DEFAULT_FRAMES  # T, frames sampled uniformly per clip
-    face_size: int = DEFAULT_FACE_SIZE  # S, px
-    face_margin: float = 0.25  # crop side = longer face-box side x (1 + margin)
-    face_model: str = "full_range"  # finds small faces in medium shots too; 0.95 on DFEW samples
-    pose_model: str = "full"
-    blendshapes: bool = False  # also store FaceLandmarker blendshapes (T, 52)
-    detect_max_side: int = 640  # px, frames are downscaled to this before detection
-    face_confidence: float = 0.4  # face detection score threshold (the track then drops strays)
-    pose_confidence: float = 0.5  # pose detection, presence and tracking threshold
-
-    def __post_init__(self):
-        if self.frames < 1 or self.face_size < 8:
-            raise ValueError(f"frames must be >= 1 and face_size >= 8 (got {self.frames}, {self.face_size})")
-        if self.face_model not in FACE_MODELS:
-            raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
-        if self.pose_model not in POSE_MODELS:
-            raise ValueError(f"pose_model '{self.pose_model}' unknown; choose from {POSE_MODELS}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def model_keys(self) -> list[str]:
-        return self.face_detector_keys() + [f"pose_landmarker_{self.pose_model}"] + (
-            ["face_landmarker"] if self.blendshapes else [])
-
-    def face_detector_keys(self) -> list[str]:
-        names = ("short_range", "full_range") if self.face_model == "auto" else (self.face_model,)
-        return [f"face_detector_{name}" for name in names]
-
 
 def resolve_models(options: ExtractOptions, assets_dir: str | Path | None) -> dict[str, Path]:
     """Model key -> verified local file, downloading into the cache where needed (parent process)."""

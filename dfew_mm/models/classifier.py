@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dfew_mm.batch import Batch
 from dfew_mm.config import ModelConfig
-from dfew_mm.data.dataset import Batch
 from dfew_mm.models.encoders import ENCODERS, build_encoder, resolve_modalities
 from dfew_mm.models.fusion import TemporalFusion, build_head
 

@@ -1,4 +1,4 @@
-"""Synthetic DFEW: real H.264/AAC clips of a drawn person, in the exact DFEW layout.
+"""Synthetic DFEW (`dfew_mm synth`): real H.264/AAC clips of a drawn person, in the exact DFEW layout.
 
 Every clip carries its class through three independent cues, so each modality can be tested:
   face   expression (mouth curve and opening, brow angle, eye opening) that MediaPipe detects;
@@ -17,13 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import av
 import numpy as np
-import pandas as pd
-from PIL import Image, ImageDraw
 
 from dfew_mm.constants import CLASSES, NUM_CLASSES
-from dfew_mm.data.dfew import CLIP_DIR, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 
 # px; both multiples of 16: with a partial macroblock row x264 reads uninitialised padding and
 # the same frames no longer encode bit-exactly
@@ -109,7 +105,7 @@ def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
 
 
 # -- drawing ---------------------------------------------------------------------------------
-def _draw_person(draw: ImageDraw.ImageDraw, look: dict, face: dict, pose: tuple, s: float,
+def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
                  t: float) -> None:
     """One frame of a standing person, sized in head heights `u`; `s` scales the cues, `t` (0..1)
     animates them. Full-body proportions (hips and knees in frame) are what BlazePose expects."""
@@ -186,6 +182,8 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one clip."""
+    from PIL import Image, ImageDraw  # local, like av and pandas below: `dfew_mm --help` reads SynthConfig
+
     rng = np.random.default_rng(spec.seed)
     look = {
         "dx": rng.uniform(-40, 40), "dy": rng.uniform(-6, 6), "scale": rng.uniform(0.92, 1.08),
@@ -251,6 +249,8 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 
 def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
     """H.264 (yuv420p) video and AAC stereo audio in an MP4 container, written atomically."""
+    import av
+
     tmp = path.with_name(f".{path.name}.tmp.mp4")
     with av.open(str(tmp), "w") as container:
         video = container.add_stream("libx264", rate=FPS)
@@ -284,6 +284,10 @@ def _make_clip(args: tuple[ClipSpec, SynthConfig, Path]) -> None:
 
 def write_splits(root: Path, specs: list[ClipSpec], seed: int) -> None:
     """Five folds like DFEW's: each clip is in the test set of exactly one fold (stratified)."""
+    import pandas as pd
+
+    from dfew_mm.data.dfew import SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
+
     rng = np.random.default_rng(seed + 7)
     fold_of = np.empty(len(specs), int)
     position = 0  # runs on across classes so that small datasets fill every fold
@@ -304,6 +308,10 @@ def write_splits(root: Path, specs: list[ClipSpec], seed: int) -> None:
 
 def generate_dataset(root: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
     """Write clips, split files and `synth_truth.csv` (what each modality shows) under root."""
+    import pandas as pd
+
+    from dfew_mm.data.dfew import CLIP_DIR
+
     root = Path(root)
     clip_dir = root / CLIP_DIR
     clip_dir.mkdir(parents=True, exist_ok=True)

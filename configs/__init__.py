@@ -1,0 +1,1 @@
+"""Experiment configs (YAML), shipped inside the package as dfew_mm.configs."""

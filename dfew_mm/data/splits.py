@@ -1,0 +1,109 @@
+"""Fold lists -> the train/validation/test clip ids of one DFEW fold that a feature store can serve.
+
+The validation split is carved out of the training fold (stratified, seeded); the test fold is
+only used once training is complete. Clips missing from the store or failed in extraction stop
+the run unless `allow_missing` is set, in which case they are listed in `FoldSplits.excluded`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from dfew_mm.config import DataConfig
+from dfew_mm.data.dfew import load_fold
+from dfew_mm.data.store import FeatureStore
+from dfew_mm.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    ids: list[str]
+    labels: np.ndarray  # (N,) int64
+
+
+@dataclass
+class FoldSplits:
+    train: Split
+    val: Split
+    test: Split
+    excluded: pd.DataFrame  # clip_id, split, reason: clips left out with allow_missing
+
+
+def _usable(store: FeatureStore, ids: Sequence[str]) -> dict[str, str]:
+    """clip id -> reason it cannot be used ('' when usable)."""
+    manifest = store.manifest.set_index("clip_id")
+    reasons = {}
+    for clip_id in ids:
+        if clip_id not in manifest.index:
+            reasons[clip_id] = "not extracted"
+        elif manifest.at[clip_id, "status"] != "ok":
+            reasons[clip_id] = f"extraction {manifest.at[clip_id, 'status']}: {manifest.at[clip_id, 'error']}"
+        elif clip_id not in store:
+            reasons[clip_id] = "record present but clip file missing"
+        else:
+            reasons[clip_id] = ""
+    return reasons
+
+
+def stratified_val_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask (N,) of validation members: systematic stratified sampling.
+
+    Each clip gets its rank within its (shuffled) class as a quantile; the clips with the smallest
+    quantiles go to validation, so every class contributes in proportion. Classes with a single
+    clip stay in training.
+    """
+    rng = np.random.default_rng(seed)
+    quantile = np.full(len(labels), np.inf)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if len(members) < 2:
+            continue
+        order = rng.permutation(members)
+        quantile[order] = (np.arange(len(order)) + rng.random(len(order))) / len(order)
+    n_val = max(1, int(round(len(labels) * fraction))) if np.isfinite(quantile).any() else 0
+    chosen = np.argsort(quantile, kind="stable")[:n_val]
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[chosen[np.isfinite(quantile[chosen])]] = True
+    return mask
+
+
+def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int) -> FoldSplits:
+    """Train/val/test clip ids of `data_cfg.fold` that are present in the store."""
+    root = Path(data_cfg.dfew_root) if data_cfg.dfew_root else None
+    splits_dir = Path(data_cfg.splits_dir) if data_cfg.splits_dir else None
+    fold = load_fold(data_cfg.fold, root, splits_dir)
+    excluded, kept = [], {}
+    for name, frame in (("train", fold.train), ("test", fold.test)):
+        ids = [str(int(i)) for i in frame.index]
+        reasons = _usable(store, ids)
+        bad = [i for i in ids if reasons[i]]
+        if bad and not data_cfg.allow_missing:
+            first = ", ".join(f"{i} ({reasons[i]})" for i in bad[:5])
+            raise StoreError(
+                f"{len(bad)} of {len(ids)} {name} clips of fold {fold.k} are not usable in feature store "
+                f"{store.path}: {first}{' ...' if len(bad) > 5 else ''}. Extract them, or pass "
+                "--allow-missing (data.allow_missing=true) to leave them out and record the list."
+            )
+        excluded += [{"clip_id": i, "split": name, "reason": reasons[i]} for i in bad]
+        good = frame.loc[[int(i) for i in ids if not reasons[i]], "label"].to_numpy(dtype=np.int64)
+        kept[name] = Split([i for i in ids if not reasons[i]], good)
+    if excluded:
+        log.warning("fold %d: leaving out %d clips missing from or failed in %s (first: %s)", fold.k,
+                    len(excluded), store.path, ", ".join(e["clip_id"] for e in excluded[:5]))
+    if not kept["train"].ids or not kept["test"].ids:
+        raise StoreError(f"fold {fold.k}: no usable train or test clips in feature store {store.path}")
+    train = kept["train"]
+    is_val = stratified_val_split(train.labels, data_cfg.val_fraction, seed)
+    if not is_val.any():
+        raise StoreError(f"fold {fold.k}: too few training clips ({len(train.ids)}) to carve a validation split")
+    pick = lambda mask: Split([i for i, m in zip(train.ids, mask) if m], train.labels[mask])  # noqa: E731
+    return FoldSplits(pick(~is_val), pick(is_val), kept["test"],
+                      pd.DataFrame(excluded, columns=["clip_id", "split", "reason"]))

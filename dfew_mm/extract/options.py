@@ -1,0 +1,48 @@
+"""Extraction settings: what changes the stored features (saved with the store, checked on resume).
+
+Kept free of heavy imports: the command line reads its defaults from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES
+
+FACE_MODELS = ("auto", "short_range", "full_range")  # auto: both, the better track per clip
+POSE_MODELS = ("full", "lite")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Settings that change the stored features (saved with the store, checked on resume)."""
+
+    frames: int = DEFAULT_FRAMES  # T, frames sampled uniformly per clip
+    face_size: int = DEFAULT_FACE_SIZE  # S, px
+    face_margin: float = 0.25  # crop side = longer face-box side x (1 + margin)
+    face_model: str = "full_range"  # finds small faces in medium shots too; 0.95 on DFEW samples
+    pose_model: str = "full"
+    blendshapes: bool = False  # also store FaceLandmarker blendshapes (T, 52)
+    detect_max_side: int = 640  # px, frames are downscaled to this before detection
+    face_confidence: float = 0.4  # face detection score threshold (the track then drops strays)
+    pose_confidence: float = 0.5  # pose detection, presence and tracking threshold
+
+    def __post_init__(self):
+        if self.frames < 1 or self.face_size < 8:
+            raise ValueError(f"frames must be >= 1 and face_size >= 8 (got {self.frames}, {self.face_size})")
+        if self.face_model not in FACE_MODELS:
+            raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
+        if self.pose_model not in POSE_MODELS:
+            raise ValueError(f"pose_model '{self.pose_model}' unknown; choose from {POSE_MODELS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_keys(self) -> list[str]:
+        return self.face_detector_keys() + [f"pose_landmarker_{self.pose_model}"] + (
+            ["face_landmarker"] if self.blendshapes else [])
+
+    def face_detector_keys(self) -> list[str]:
+        names = ("short_range", "full_range") if self.face_model == "auto" else (self.face_model,)
+        return [f"face_detector_{name}" for name in names]

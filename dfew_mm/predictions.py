@@ -1,0 +1,66 @@
+"""The predictions file: one row per clip and evaluation pass, written by `dfew_mm evaluate` (and by
+training for its test fold), read by the analysis notebook.
+
+Columns (PREDICTION_COLUMNS): the true and predicted class, the class probabilities, the
+modalities the model was allowed to use, the perturbation applied, the run, and the quality
+columns of the feature store manifest, so that the notebook can slice results by brightness
+without opening the store again. A metrics JSON with the same stem sits beside it
+(`preds.csv` -> `preds.metrics.json`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from dfew_mm.constants import CLASSES, MODALITIES
+
+PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
+QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
+PREDICTION_COLUMNS = (
+    ("clip_id", "label", "pred", "correct") + PROB_COLUMNS
+    + ("label_name", "pred_name", "modalities", "perturbation", "darken", "run", "trained_modalities",
+       "fold", "split")
+    + QUALITY_COLUMNS
+)
+
+
+def modality_label(modalities: Sequence[str]) -> str:
+    return "+".join(m for m in MODALITIES if m in modalities)
+
+
+def perturbation_label(strength: float) -> str:
+    return "none" if strength == 0 else f"darken:{strength:g}"
+
+
+def run_name(checkpoint: str | Path) -> str:
+    """A checkpoint is named after its run directory: runs/video_f1/best.pt -> video_f1."""
+    return Path(checkpoint).resolve().parent.name
+
+
+def metrics_path_for(out_csv: str | Path) -> Path:
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.stem + ".metrics.json")
+
+
+def prediction_frame(clip_ids: Sequence[str], labels: np.ndarray, probs: np.ndarray,
+                     manifest: pd.DataFrame, **constants) -> pd.DataFrame:
+    """Rows of the predictions file for one pass; `probs` (N, 7), `constants` fill whole columns
+    (columns beyond PREDICTION_COLUMNS come last)."""
+    pred = probs.argmax(axis=1)
+    frame = pd.DataFrame({"clip_id": [str(c) for c in clip_ids], "label": labels.astype(int),
+                          "pred": pred.astype(int)})
+    frame["correct"] = (frame["label"] == frame["pred"]).astype(int)
+    for j, column in enumerate(PROB_COLUMNS):
+        frame[column] = probs[:, j].astype(np.float64)
+    frame["label_name"] = [CLASSES[i] for i in frame["label"]]
+    frame["pred_name"] = [CLASSES[i] for i in frame["pred"]]
+    for key, value in constants.items():
+        frame[key] = value
+    quality = manifest.set_index("clip_id")[list(QUALITY_COLUMNS)]
+    frame = frame.join(quality, on="clip_id")
+    extra = [c for c in frame.columns if c not in PREDICTION_COLUMNS]  # e.g. `checkpoint`, after the contract
+    return frame[[c for c in PREDICTION_COLUMNS if c in frame.columns] + extra]

@@ -1,0 +1,1 @@
+"""Analysis notebooks, shipped inside the package as dfew_mm.notebooks."""
