@@ -22,10 +22,12 @@ import pandas as pd
 from dfew_mm.constants import CLASSES, MODALITIES
 from dfew_mm.errors import ConfigError
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
+from dfew_mm.stats import METHOD, metric_intervals
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train")
+N_BOOT, LEVEL = 2000, 0.95  # bootstrap resamples and confidence level of the metrics JSON's intervals
 PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
 QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
 PREDICTION_COLUMNS = (
@@ -165,14 +167,24 @@ def prediction_frame(clip_ids: Sequence[str], labels: np.ndarray, probs: np.ndar
     return frame[[c for c in PREDICTION_COLUMNS if c in frame.columns]]
 
 
-def metrics_by_pass(frame: pd.DataFrame) -> list[dict]:
-    """Metrics of each (run, modalities, perturbation) pass in a predictions frame."""
+def metrics_by_pass(frame: pd.DataFrame, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> list[dict]:
+    """Metrics of each (run, modalities, perturbation) pass in a predictions frame, with bootstrap
+    intervals `uar_ci` and `war_ci` ([low, high], class-stratified; see `interval_settings`)."""
     passes = []
     for (run, mods, pert), group in frame.groupby(["run", "modalities", "perturbation"], sort=False):
-        metrics = classification_metrics(group["label"].to_numpy(), group["pred"].to_numpy())
+        y_true, y_pred = group["label"].to_numpy(), group["pred"].to_numpy()
+        metrics = classification_metrics(y_true, y_pred)
+        ci = metric_intervals(y_true, y_pred, n_boot=n_boot, level=level, seed=seed)
         passes.append({"run": run, "modalities": mods, "perturbation": pert,
-                       "darken": float(group["darken"].iloc[0]), **metrics})
+                       "darken": float(group["darken"].iloc[0]), **metrics,
+                       "uar_ci": [ci["uar"]["low"], ci["uar"]["high"]],
+                       "war_ci": [ci["war"]["low"], ci["war"]["high"]]})
     return passes
+
+
+def interval_settings(n_boot: int = N_BOOT, level: float = LEVEL) -> dict:
+    """How the `uar_ci`/`war_ci` of a metrics JSON were computed (written once per file)."""
+    return {"method": METHOD, "n_boot": n_boot, "level": level, "resampled": "clips, within each true class"}
 
 
 def select_clips(store, data_cfg, split: str, seed: int) -> pd.DataFrame:
@@ -274,6 +286,6 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
         log.info("%s %s: %s", p["modalities"], p["perturbation"], format_metrics(p))
     result = {"checkpoint": str(checkpoint), "store": str(Path(store).resolve()), "fold": fold, "split": split,
               "modalities": modality_label(mods), "darken": strengths, "predictions": out_csv.name,
-              "epoch": meta.get("epoch"), "passes": passes}
+              "epoch": meta.get("epoch"), "intervals": interval_settings(), "passes": passes}
     metrics_path_for(out_csv).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     return result
