@@ -22,12 +22,11 @@ import pandas as pd
 from dfew_mm.constants import CLASSES, MODALITIES
 from dfew_mm.errors import ConfigError
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
-from dfew_mm.stats import METHOD, metric_intervals
+from dfew_mm.stats import LEVEL, METHOD, N_BOOT, metric_intervals
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train")
-N_BOOT, LEVEL = 2000, 0.95  # bootstrap resamples and confidence level of the metrics JSON's intervals
 PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
 QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
 PREDICTION_COLUMNS = (
