@@ -112,6 +112,18 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
     return {"a_only": a_only, "b_only": b_only, "p": min(1.0, p)}
 
 
+def proportion_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (e.g. one class's recall); (nan, nan) when n == 0.
+
+    Used where a single proportion rests on a handful of clips: unlike the bootstrap, it does not
+    collapse to a point when all (or none) of them are right.
+    """
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def format_interval(value: float, low: float, high: float, scale: float = 100.0, digits: int = 1) -> str:
     """'58.3 [41.2, 70.0]' (percent by default); 'nan' when undefined."""
     if any(x is None or math.isnan(x) for x in (value, low, high)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dfew_mm.metrics import classification_metrics
-from dfew_mm.stats import format_interval, mcnemar, metric_intervals, paired_difference
+from dfew_mm.stats import format_interval, mcnemar, metric_intervals, paired_difference, proportion_interval
 
 
 def _index_bootstrap_uar(y_true, y_pred, n_boot, seed):
@@ -159,3 +159,12 @@ def test_seeded_fast_and_validated():
 def test_format_interval():
     assert format_interval(0.5834, 0.412, 0.7) == "58.3 [41.2, 70.0]"
     assert format_interval(float("nan"), 0, 1) == "nan"
+
+
+def test_proportion_interval():
+    low, high = proportion_interval(3, 3)
+    assert 0.4 < low < 0.45 and high == 1.0  # Wilson: 3 of 3 right is still uncertain
+    assert proportion_interval(0, 3)[0] == 0.0
+    low, high = proportion_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    assert all(math.isnan(x) for x in proportion_interval(0, 0))
