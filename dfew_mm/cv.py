@@ -53,10 +53,12 @@ def fold_predictions(run_dir: Path, checkpoint: str = "best") -> pd.DataFrame | 
     return frame[frame["checkpoint"] == checkpoint].reset_index(drop=True)
 
 
-def pooled_predictions(out_dir: Path, folds: Sequence[int], checkpoint: str = "best") -> pd.DataFrame | None:
+def pooled_predictions(out_dir: Path, folds: Sequence[int], checkpoint: str = "best",
+                       frames: dict[int, pd.DataFrame | None] | None = None) -> pd.DataFrame | None:
     """The test predictions of all folds in one frame (DFEW tests each clip in exactly one fold), or
-    None with a warning when a fold lacks them."""
-    frames = {k: fold_predictions(Path(out_dir) / f"fold_{k}", checkpoint) for k in folds}
+    None with a warning when a fold lacks them. `frames`: the folds' predictions if already read."""
+    if frames is None:
+        frames = {k: fold_predictions(Path(out_dir) / f"fold_{k}", checkpoint) for k in folds}
     missing = [k for k, f in frames.items() if f is None]
     if missing:
         log.warning("fold(s) %s in %s have no %s: the summary gives point estimates without intervals",
@@ -75,7 +77,7 @@ def summary_table(out_dir: Path, folds: Sequence[int], n_boot: int = N_BOOT, lev
     fold lacks it. Without it the pooled point estimates come from the summed confusion matrices.
     """
     out_dir = Path(out_dir)
-    rows, confusions = [], {"best": [], "last": []}
+    rows, confusions, frames = [], {"best": [], "last": []}, {}
     for k in folds:
         path = out_dir / f"fold_{k}" / "test_metrics.json"
         if not path.is_file():
@@ -86,7 +88,7 @@ def summary_table(out_dir: Path, folds: Sequence[int], n_boot: int = N_BOOT, lev
         row = {"fold": str(k), "n": result["best"]["n"], "uar": 100 * result["best"]["uar"],
                "war": 100 * result["best"]["war"], "best_epoch": result["best"]["epoch"] + 1,
                "uar_last": 100 * result["last"]["uar"], "war_last": 100 * result["last"]["war"]}
-        predictions = fold_predictions(out_dir / f"fold_{k}")
+        predictions = frames[k] = fold_predictions(out_dir / f"fold_{k}")
         if predictions is not None:
             row.update(_interval_columns(predictions, n_boot, level, seed))
             if abs(row["uar"] - 100 * _uar(predictions)) > 1e-3:
@@ -101,7 +103,7 @@ def summary_table(out_dir: Path, folds: Sequence[int], n_boot: int = N_BOOT, lev
     for name, confusion in confusions.items():
         suffix = "" if name == "best" else "_last"
         pooled[f"uar{suffix}"], pooled[f"war{suffix}"] = (100 * v for v in _from_confusion(sum(confusion)))
-    predictions = pooled_predictions(out_dir, folds)
+    predictions = pooled_predictions(out_dir, folds, frames=frames)
     if predictions is not None:
         pooled.update(_interval_columns(predictions, n_boot, level, seed))
     table = pd.concat([table, pd.DataFrame([mean, std, pooled])], ignore_index=True)
@@ -221,7 +223,9 @@ def sweep_table(out_dir: Path, names: Sequence[str], folds: Sequence[int], n_boo
         for metric in ("uar", "war"):
             for column in ("", "_low", "_high"):
                 row[f"pooled_{metric}{column}"] = table.at["pooled", f"{metric}{column}"]
-        predictions = pooled_predictions(out_dir / name, folds)
+        # summary_table has warned already when a fold lacks its predictions
+        has_predictions = not pd.isna(table.at["pooled", "uar_low"])
+        predictions = pooled_predictions(out_dir / name, folds) if has_predictions else None
         if i == 0:
             base = predictions
         elif predictions is not None and base is not None:

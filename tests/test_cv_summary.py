@@ -63,6 +63,7 @@ def test_cv_summary_without_predictions_warns_and_keeps_point_estimates(tmp_path
     with caplog.at_level(logging.WARNING, logger="dfew_mm.cv"):
         table = summary_table(tmp_path, [1, 2]).set_index("fold")
     assert "fold(s) 2" in caplog.text and PREDICTIONS_FILE in caplog.text
+    assert caplog.text.count("have no") == 1  # one warning per run directory
     assert not np.isnan(table.at["1", "uar_low"]) and np.isnan(table.at["2", "uar_low"])
     assert np.isnan(table.at["pooled", "uar_low"])
     # the pooled point estimate still comes from the summed confusion matrices
@@ -90,3 +91,15 @@ def test_sweep_table_pairs_each_subset_with_the_first(tmp_path):
     assert table.at["video", "pooled_uar_low"] < table.at["video", "pooled_uar"] < table.at["video", "pooled_uar_high"]
     text = format_sweep(table.reset_index(), [1, 2])
     assert text.splitlines()[3].startswith("video+audio") and "p=" in text.splitlines()[3]
+
+
+def test_sweep_table_without_predictions_keeps_point_estimates(tmp_path, caplog):
+    for name in ("video", "audio"):
+        for k in (1, 2):
+            _fake_run(tmp_path / name / f"fold_{k}", k, _noisy(0.5, k), _noisy(0.5, k), predictions=name == "video")
+    with caplog.at_level(logging.WARNING, logger="dfew_mm.cv"):
+        table = sweep_table(tmp_path, ["video", "audio"], [1, 2]).set_index("modalities")
+    assert caplog.text.count("have no") == 1
+    assert table.at["audio", "uar"] == pytest.approx(table.at["video", "uar"])
+    assert np.isnan(table.at["audio", "pooled_uar_low"]) and np.isnan(table.at["audio", "uar_diff"])
+    assert "no intervals" in format_sweep(table.reset_index(), [1, 2])
