@@ -163,7 +163,8 @@ def subset_scores(data: pd.DataFrame, low_light: Sequence[str] | None = None, pe
     subsets = {"all": rows, "low-light": rows[rows["clip_id"].isin(dark)],
                "normal": rows[~rows["clip_id"].isin(dark)]}
     if darkest_quantile is not None:
-        subsets[f"darkest {darkest_quantile:.0%}"] = rows[rows["clip_id"].isin(set(low_light_clips(rows, darkest_quantile)))]
+        darkest = set(low_light_clips(rows, darkest_quantile))
+        subsets[f"darkest {darkest_quantile:.0%}"] = rows[rows["clip_id"].isin(darkest)]
     out = []
     for system in systems_in_order(rows):
         for name, part in subsets.items():
@@ -189,7 +190,8 @@ def paired_comparisons(data: pd.DataFrame, baseline: str = "video", clip_ids: Se
         diff = paired_difference(y, pred, base)
         test = mcnemar(pred == y, base == y)
         out.append({"system": system, "n": len(both),
-                    "uar": classification_metrics(y, pred)["uar"], "uar_baseline": classification_metrics(y, base)["uar"],
+                    "uar": classification_metrics(y, pred)["uar"],
+                    "uar_baseline": classification_metrics(y, base)["uar"],
                     "uar_diff": diff["diff"], "uar_diff_low": diff["low"], "uar_diff_high": diff["high"],
                     "p_boot": diff["p"], "fixed": test["a_only"], "broken": test["b_only"], "p_mcnemar": test["p"]})
     return pd.DataFrame(out, columns=["system", "n", "uar", "uar_baseline", "uar_diff", "uar_diff_low",
@@ -287,8 +289,8 @@ def per_class_recall(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
 def per_class_intervals(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
                         perturbation: str = NATURAL) -> pd.DataFrame:
     """Tidy per-class recall with counts: system, class, n (clips of the class), right, recall and its
-    Wilson interval (recall_low, recall_high; NaN for absent classes). A class's recall is one proportion over a
-    few clips, where a bootstrap interval would collapse to a point when all of them are right."""
+    95% Jeffreys interval (recall_low, recall_high; NaN for absent classes): the exact quantiles of
+    what the bootstrap of `dfew_mm.stats` draws for one class."""
     rows = data[data["perturbation"] == perturbation]
     if clip_ids is not None:
         rows = rows[rows["clip_id"].isin(set(clip_ids))]
@@ -398,7 +400,7 @@ def plot_darkening(curves: pd.DataFrame):
 
 
 def plot_per_class(table: pd.DataFrame, title: str = "per-class recall on low-light clips"):
-    """Bars of recall per class and system with Wilson intervals, from `per_class_intervals`."""
+    """Bars of recall per class and system with their intervals, from `per_class_intervals`."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -417,7 +419,7 @@ def plot_per_class(table: pd.DataFrame, title: str = "per-class recall on low-li
         ax.text(xi, 2, "absent", ha="center", fontsize=8, color="grey")
     ax.set_xticks(x, [f"{c}\n(n={counts[c]})" for c in CLASSES])
     ax.set_xlabel("class (n = clips of the class); no bar above a present class: recall 0")
-    ax.set_ylabel("recall (%), 95% Wilson CI")
+    ax.set_ylabel("recall (%), 95% CI")
     ax.set_ylim(0, 105)
     ax.set_title(title)
     if order:

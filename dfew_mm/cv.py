@@ -72,7 +72,7 @@ def summary_table(out_dir: Path, folds: Sequence[int], n_boot: int = N_BOOT, lev
     """UAR/WAR (%) of the selected (best-on-validation) and last checkpoints per fold, mean and std
     over the folds, and the folds' test clips pooled.
 
-    `uar_low`/`uar_high` (and WAR's) are class-stratified bootstrap intervals of the selected
+    `uar_low`/`uar_high` (and WAR's) are bootstrap intervals (`dfew_mm.stats`) of the selected
     checkpoint, per fold and pooled, from each fold's PREDICTIONS_FILE; NaN (with a warning) when a
     fold lacks it. Without it the pooled point estimates come from the summed confusion matrices.
     """
@@ -124,7 +124,8 @@ def format_summary(table: pd.DataFrame) -> str:
     lines = [shown.to_string(index=False), "",
              f"mean ± std over {len(per_fold)} folds: UAR {mean['uar']:.2f} ± {std['uar']:.2f}   "
              f"WAR {mean['war']:.2f} ± {std['war']:.2f}   (checkpoint chosen on validation UAR; last epoch: "
-             f"UAR {mean['uar_last']:.2f} ± {std['uar_last']:.2f}, WAR {mean['war_last']:.2f} ± {std['war_last']:.2f})",
+             f"UAR {mean['uar_last']:.2f} ± {std['uar_last']:.2f}, "
+             f"WAR {mean['war_last']:.2f} ± {std['war_last']:.2f})",
              f"pooled test clips of all folds (n={int(pooled['n'])}): UAR {_with_interval(pooled, 'uar')}   "
              f"WAR {_with_interval(pooled, 'war')}"]
     if pd.isna(pooled["uar_low"]):
@@ -149,7 +150,8 @@ def _from_confusion(confusion: np.ndarray) -> tuple[float, float]:
     present = per_class > 0
     if not present.any():
         return math.nan, math.nan
-    return float((np.diag(confusion)[present] / per_class[present]).mean()), float(np.trace(confusion) / confusion.sum())
+    uar = (np.diag(confusion)[present] / per_class[present]).mean()
+    return float(uar), float(np.trace(confusion) / confusion.sum())
 
 
 def _with_interval(rows, metric: str):
@@ -239,8 +241,9 @@ def format_sweep(summary: pd.DataFrame, folds: Sequence[int]) -> str:
              f"[95% CI]; last column: paired UAR difference with {summary['modalities'].iloc[0]} [95% CI], "
              "McNemar p"]
     for r in summary.itertuples():
-        text = (f"{r.modalities:18s} UAR {r.uar:6.2f} ± {r.uar_std:5.2f} pooled {_with_interval(summary.loc[r.Index], 'pooled_uar')}"
-                f"   WAR {r.war:6.2f} ± {r.war_std:5.2f} pooled {_with_interval(summary.loc[r.Index], 'pooled_war')}")
+        row = summary.loc[r.Index]
+        text = (f"{r.modalities:18s} UAR {r.uar:6.2f} ± {r.uar_std:5.2f} pooled {_with_interval(row, 'pooled_uar')}"
+                f"   WAR {r.war:6.2f} ± {r.war_std:5.2f} pooled {_with_interval(row, 'pooled_war')}")
         if not pd.isna(r.uar_diff):
             text += f"   {r.uar_diff:+.2f} [{r.uar_diff_low:+.2f}, {r.uar_diff_high:+.2f}] p={r.mcnemar_p:.3g}"
         lines.append(text)

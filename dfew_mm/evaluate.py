@@ -168,7 +168,7 @@ def prediction_frame(clip_ids: Sequence[str], labels: np.ndarray, probs: np.ndar
 
 def metrics_by_pass(frame: pd.DataFrame, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> list[dict]:
     """Metrics of each (run, modalities, perturbation) pass in a predictions frame, with bootstrap
-    intervals `uar_ci` and `war_ci` ([low, high], class-stratified; see `interval_settings`)."""
+    intervals `uar_ci` and `war_ci` ([low, high]; `dfew_mm.stats`, settings in `interval_settings`)."""
     passes = []
     for (run, mods, pert), group in frame.groupby(["run", "modalities", "perturbation"], sort=False):
         y_true, y_pred = group["label"].to_numpy(), group["pred"].to_numpy()

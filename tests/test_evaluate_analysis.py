@@ -81,7 +81,8 @@ def test_tables_carry_intervals(predictions):
             assert (table[f"{metric}_low"] <= table[metric] + 1e-12).all()
             assert (table[metric] <= table[f"{metric}_high"] + 1e-12).all()
     bins = analysis.brightness_bins(data, 2).set_index(["system", "bin"])
-    assert bins.loc[("video", 1), ["war_low", "war_high"]].tolist() == [0, 0]  # wrong on every dark clip
+    # wrong on all 4 dark clips (one per class): 0, but 4 clips cannot rule out a moderate accuracy
+    assert bins.loc[("video", 1), "war_low"] == 0 and 0.2 < bins.loc[("video", 1), "war_high"] < 0.8
 
     scores = analysis.subset_scores(data).set_index(["system", "clips"])
     assert scores.loc[("video", "all"), "n"] == 8 and scores.loc[("video", "low-light"), "n"] == 4
@@ -92,7 +93,7 @@ def test_tables_carry_intervals(predictions):
     assert empty.loc[("video", "darkest 25%"), "n"] == 2
 
     cells = analysis.with_intervals(analysis.darkening_curves(data), "system", "darken")
-    assert cells.loc["video", 1.0] == "0.0 [0.0, 0.0]"
+    assert cells.loc["video", 1.0].startswith("0.0 [0.0, ")
 
     per_class = analysis.per_class_intervals(data, analysis.dark_clips(data)).set_index(["system", "class"])
     happy = per_class.loc[("video+pose+audio", "happy")]

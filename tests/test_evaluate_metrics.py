@@ -73,6 +73,7 @@ def test_metrics_by_pass_adds_intervals_and_keeps_keys():
     assert json_safe({k: passes[0][k] for k in plain}) == json_safe(plain)  # existing keys unchanged
     for p in passes:
         assert p["uar_ci"][0] <= p["uar"] <= p["uar_ci"][1] and p["war_ci"][0] <= p["war"] <= p["war_ci"][1]
-    assert passes[1]["uar_ci"] == [pytest.approx(1 / 3), pytest.approx(1 / 3)]  # always "happy": no spread
+    # always "happy": UAR 1/3, and still uncertain with 2-4 clips per class
+    assert passes[1]["uar_ci"][0] < 1 / 3 < passes[1]["uar_ci"][1]
     assert "UAR  58.3 [" in format_metrics(passes[0]) and "WAR  60.0 [" in format_metrics(passes[0])
     assert json.loads(json.dumps(json_safe({"intervals": interval_settings(), "passes": passes})))

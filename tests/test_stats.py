@@ -13,7 +13,8 @@ from dfew_mm.stats import format_interval, mcnemar, metric_intervals, paired_dif
 
 
 def _index_bootstrap_uar(y_true, y_pred, n_boot, seed):
-    """Reference: the textbook stratified bootstrap with explicit index matrices, one class at a time."""
+    """Reference: the textbook stratified bootstrap (clips drawn with replacement within each class,
+    explicit index matrices), one class at a time."""
     rng = np.random.default_rng(seed)
     right = y_true == y_pred
     recalls = []
@@ -36,27 +37,39 @@ def test_values_match_classification_metrics():
 
 
 def test_hand_computed_intervals():
-    # one class, all right: every resample is all right, the interval collapses onto 1
-    assert metric_intervals([3] * 5, [3] * 5)["uar"] == {"value": 1.0, "low": 1.0, "high": 1.0}
-    # one class, 2 of 4 right: resampled recall is Binomial(4, 1/2) / 4; P(0) = P(4) = 1/16 > 2.5%,
-    # so the 95% percentile interval spans [0, 1]
+    # one class: the resampled recall is Beta(k + 1/2, n - k + 1/2), so the interval is the Jeffreys one
     m = metric_intervals([0, 0, 0, 0], [0, 0, 1, 1], n_boot=4000)
-    assert (m["uar"]["low"], m["uar"]["high"]) == (0.0, 1.0)
-    # two classes, the second always right: UAR = (recall_0 + 1) / 2 lies in [0.5, 1]
+    assert m["uar"]["value"] == 0.5
+    assert m["uar"]["low"] == pytest.approx(0.1228, abs=0.02) and m["uar"]["high"] == pytest.approx(0.8772, abs=0.02)
+    # all 5 clips right: still uncertain (Beta(5.5, 0.5): 2.5% quantile 0.62), and the upper bound is 1
+    m = metric_intervals([3] * 5, [3] * 5, n_boot=4000)["uar"]
+    assert m["value"] == m["high"] == 1.0 and m["low"] == pytest.approx(0.6206, abs=0.02)
+    # two classes: UAR = mean recall, WAR = recall weighted by the (fixed) class counts
     m = metric_intervals([0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 1, 1], n_boot=4000)
-    assert (m["uar"]["low"], m["uar"]["high"]) == (0.5, 1.0)
-    # WAR keeps the class counts: 4 right clips of class 1 are always right, so WAR >= 2/6
-    assert m["war"]["low"] == pytest.approx(2 / 6) and m["war"]["value"] == pytest.approx(4 / 6)
+    assert m["uar"]["value"] == pytest.approx(0.75) and m["war"]["value"] == pytest.approx(4 / 6)
+    assert 0.3 < m["uar"]["low"] < 0.6 and m["uar"]["high"] > 0.9
 
 
-def test_same_distribution_as_index_matrices():
+def test_agrees_with_the_textbook_bootstrap_on_large_classes():
     rng = np.random.default_rng(1)
-    y_true = np.repeat(np.arange(7), [60, 40, 50, 30, 30, 10, 20])
+    y_true = np.repeat(np.arange(7), [90, 60, 80, 50, 50, 30, 40])
     y_pred = np.where(rng.random(y_true.size) < 0.6, y_true, (y_true + 1) % 7)
     reference = np.quantile(_index_bootstrap_uar(y_true, y_pred, 4000, seed=2), [0.025, 0.975])
     m = metric_intervals(y_true, y_pred, n_boot=4000, seed=3)
-    assert m["uar"]["low"] == pytest.approx(reference[0], abs=0.01)
-    assert m["uar"]["high"] == pytest.approx(reference[1], abs=0.01)
+    assert m["uar"]["low"] == pytest.approx(reference[0], abs=0.015)
+    assert m["uar"]["high"] == pytest.approx(reference[1], abs=0.015)
+
+
+def _simulate(counts, recall, sims, interval):
+    """Share of `sims` simulated test sets (known per-class recall) whose interval holds the true UAR."""
+    y_true = np.repeat(np.arange(len(counts)), counts)
+    rng = np.random.default_rng(7)
+    hits = 0
+    for sim in range(sims):
+        right = rng.random(y_true.size) < recall[y_true]
+        low, high = interval(y_true, np.where(right, y_true, (y_true + 1) % 7), sim)
+        hits += low <= recall.mean() <= high
+    return hits / sims
 
 
 def test_coverage_by_simulation():
@@ -76,6 +89,22 @@ def test_coverage_by_simulation():
     assert 0.90 <= coverage[0] <= 0.99 and 0.90 <= coverage[1] <= 0.99, coverage
 
 
+def test_small_sets_keep_their_coverage_where_the_textbook_bootstrap_fails():
+    """12 clips over 7 classes (the demo's test fold): the textbook bootstrap gives single-clip and
+    all-right classes no spread and misses the true UAR far more often than 5%."""
+    counts, recall = np.array([2, 2, 2, 2, 2, 1, 1]), np.array([0.8, 0.5, 0.6, 0.4, 0.7, 0.2, 0.3])
+
+    def ours(y_true, y_pred, seed):
+        m = metric_intervals(y_true, y_pred, n_boot=1000, seed=seed)["uar"]
+        return m["low"], m["high"]
+
+    def textbook(y_true, y_pred, seed):
+        return np.quantile(_index_bootstrap_uar(y_true, y_pred, 1000, seed), [0.025, 0.975])
+
+    assert _simulate(counts, recall, 200, ours) >= 0.9
+    assert _simulate(counts, recall, 200, textbook) <= 0.8
+
+
 def test_identical_systems_paired_interval_holds_zero_and_mcnemar_is_one():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 7, 100)
@@ -83,7 +112,16 @@ def test_identical_systems_paired_interval_holds_zero_and_mcnemar_is_one():
     for metric in ("uar", "war"):
         d = paired_difference(y_true, pred, pred.copy(), metric=metric)
         assert d["diff"] == 0 and d["low"] <= 0 <= d["high"] and d["p"] == 1.0
+        assert d["high"] - d["low"] > 0  # 100 agreeing clips do not prove that the two never differ
     assert mcnemar(pred == y_true, pred == y_true) == {"a_only": 0, "b_only": 0, "p": 1.0}
+
+
+def test_one_fixed_clip_of_two_is_no_evidence():
+    # two clips of different classes, a fixes one of them: the textbook bootstrap would resample the
+    # same two clips every time and report +50 [+50, +50]
+    d = paired_difference([0, 1], [0, 1], [2, 1])
+    assert d["diff"] == pytest.approx(0.5) and d["low"] < 0 < d["high"] and d["p"] > 0.05
+    assert mcnemar([1, 1], [0, 1])["p"] == 1.0
 
 
 def test_one_system_right_where_the_other_is_wrong():
@@ -163,8 +201,8 @@ def test_format_interval():
 
 def test_proportion_interval():
     low, high = proportion_interval(3, 3)
-    assert 0.4 < low < 0.45 and high == 1.0  # Wilson: 3 of 3 right is still uncertain
+    assert low == pytest.approx(0.4644, abs=1e-3) and high == 1.0  # Jeffreys: 3 of 3 right is still uncertain
     assert proportion_interval(0, 3)[0] == 0.0
     low, high = proportion_interval(50, 100)
-    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    assert low == pytest.approx(0.4032, abs=1e-3) and high == pytest.approx(0.5968, abs=1e-3)
     assert all(math.isnan(x) for x in proportion_interval(0, 0))
