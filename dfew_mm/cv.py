@@ -131,7 +131,7 @@ def format_summary(table: pd.DataFrame) -> str:
     if pd.isna(pooled["uar_low"]):
         lines.append(f"no intervals: some folds lack {PREDICTIONS_FILE} (per-clip test predictions)")
     else:
-        lines.append(f"[95% CI]: {METHOD} over clips ({N_BOOT} resamples)")
+        lines.append(f"[95% CI]: {METHOD}; clips resampled within each true class, {N_BOOT} resamples")
     return "\n".join(lines)
 
 
