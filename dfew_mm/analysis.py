@@ -18,10 +18,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import CLASSES, MODALITIES
+from dfew_mm.constants import CLASSES, DARK_FACE_LUMA, MODALITIES
 from dfew_mm.errors import DfewMMError
 from dfew_mm.predictions import PREDICTION_COLUMNS, metrics_path_for
 from dfew_mm.metrics import classification_metrics
+from dfew_mm.stats import format_interval, mcnemar, metric_intervals, paired_difference, proportion_interval
 
 log = logging.getLogger(__name__)
 NATURAL = "none"  # perturbation label of the unperturbed pass
@@ -80,78 +81,196 @@ def store_paths(folder: str | Path) -> list[Path]:
     """Feature stores named in the metrics files beside the predictions (for the crop grid)."""
     stores = []
     for path in sorted(Path(folder).rglob("*.metrics.json")):
-        store = Path(json.loads(path.read_text()).get("store", ""))
-        if store.is_dir() and store not in stores:
+        named = json.loads(path.read_text()).get("store") or ""
+        store = Path(named)
+        if named and store.is_dir() and store not in stores:  # Path("") would be the working directory
             stores.append(store)
     return stores
 
 
 # -- tables ----------------------------------------------------------------------------------
+# Every score comes with a bootstrap interval (dfew_mm.stats): `uar_low`/`uar_high`, `war_low`/`war_high`.
+INTERVAL_COLUMNS = ("uar", "uar_low", "uar_high", "war", "war_low", "war_high", "n")
+
+
 def _scores(group: pd.DataFrame) -> pd.Series:
-    m = classification_metrics(group["label"].to_numpy(), group["pred"].to_numpy())
-    return pd.Series({"uar": m["uar"], "war": m["war"], "n": m["n"]})
+    ci = metric_intervals(group["label"].to_numpy(), group["pred"].to_numpy())
+    return pd.Series({"uar": ci["uar"]["value"], "uar_low": ci["uar"]["low"], "uar_high": ci["uar"]["high"],
+                      "war": ci["war"]["value"], "war_low": ci["war"]["low"], "war_high": ci["war"]["high"],
+                      "n": len(group)})
+
+
+def _score_table(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    table = rows.groupby(by).apply(_scores, include_groups=False).reset_index()
+    table["n"] = table["n"].astype(int)
+    return table
 
 
 def brightness_bins(data: pd.DataFrame, n_bins: int = 4) -> pd.DataFrame:
-    """UAR and WAR per brightness quantile bin (bin 1 = darkest) of the unperturbed clips."""
+    """UAR and WAR with intervals per brightness quantile bin (bin 1 = darkest) of the unperturbed clips."""
     natural = data[data["perturbation"] == NATURAL]
     clips = natural.drop_duplicates("clip_id").set_index("clip_id")["brightness"]
     n_bins = max(1, min(n_bins, len(clips)))
     # Ranks break ties, so quantile edges never collapse on small sets.
     bins = pd.qcut(clips.rank(method="first"), n_bins, labels=False) + 1
     edges = clips.groupby(bins).agg(["min", "max"])
-    table = (natural.assign(bin=natural["clip_id"].map(bins))
-             .groupby(["system", "bin"]).apply(_scores, include_groups=False).reset_index())
-    table["n"] = table["n"].astype(int)
+    table = _score_table(natural.assign(bin=natural["clip_id"].map(bins)), ["system", "bin"])
     table["luma_range"] = table["bin"].map(lambda b: f"{edges.loc[b, 'min']:.0f}-{edges.loc[b, 'max']:.0f}")
     return table
 
 
 def low_light_clips(data: pd.DataFrame, quantile: float = 0.25) -> list[str]:
-    """Clip ids in the darkest `quantile` of brightness (at least one clip)."""
+    """Clip ids in the darkest `quantile` of brightness (at least one clip): relative to these clips."""
     clips = data.drop_duplicates("clip_id").set_index("clip_id")["brightness"].sort_values(kind="stable")
     return clips.index[: max(1, int(round(quantile * len(clips))))].tolist()
 
 
+def dark_clips(data: pd.DataFrame, threshold: float = DARK_FACE_LUMA) -> list[str]:
+    """Clip ids whose brightness (face luma, else frame luma) is below the absolute `threshold`
+    (constants.DARK_FACE_LUMA): the same definition of dark in every fold and store."""
+    clips = data.drop_duplicates("clip_id").set_index("clip_id")["brightness"]
+    return clips.index[clips < threshold].tolist()
+
+
+def low_light_selection(data: pd.DataFrame, dark_luma: float = DARK_FACE_LUMA,
+                        quantile: float = 0.25) -> tuple[list[str], str]:
+    """The low-light clips of a report and a description of the definition used: brightness below
+    the absolute `dark_luma`; when no clip is that dark (a well-lit set), the darkest `quantile`, so
+    that the low-light tables are not empty (the description says so)."""
+    dark = dark_clips(data, dark_luma)
+    if dark:
+        return dark, f"face luma below {dark_luma:g}"
+    log.warning("no clip has face luma below %g: low light falls back to the darkest %.0f%%", dark_luma,
+                100 * quantile)
+    return low_light_clips(data, quantile), f"the darkest {quantile:.0%}, as no clip has face luma below {dark_luma:g}"
+
+
 def darkening_curves(data: pd.DataFrame) -> pd.DataFrame:
-    """UAR and WAR against darkening strength per system."""
-    table = data.groupby(["system", "darken"]).apply(_scores, include_groups=False).reset_index()
+    """UAR and WAR with intervals against darkening strength per system."""
+    return _score_table(data, ["system", "darken"])
+
+
+def subset_scores(data: pd.DataFrame, low_light: Sequence[str] | None = None, perturbation: str = NATURAL,
+                  darkest_quantile: float | None = None) -> pd.DataFrame:
+    """Tidy UAR/WAR with intervals per system and subset of clips: `all`, `low-light` (the clip ids
+    `low_light`; default: face luma below DARK_FACE_LUMA), `normal` (the rest) and, with
+    `darkest_quantile`, `darkest q%` (relative to these clips).
+
+    Columns: system, clips, n and INTERVAL_COLUMNS; a subset without clips has n = 0 and NaN scores.
+    """
+    rows = data[data["perturbation"] == perturbation]
+    dark = set(dark_clips(rows) if low_light is None else low_light)
+    subsets = {"all": rows, "low-light": rows[rows["clip_id"].isin(dark)],
+               "normal": rows[~rows["clip_id"].isin(dark)]}
+    if darkest_quantile is not None:
+        darkest = set(low_light_clips(rows, darkest_quantile))
+        subsets[f"darkest {darkest_quantile:.0%}"] = rows[rows["clip_id"].isin(darkest)]
+    out = []
+    for system in systems_in_order(rows):
+        for name, part in subsets.items():
+            group = part[part["system"] == system]
+            scores = _scores(group) if len(group) else pd.Series({c: np.nan for c in INTERVAL_COLUMNS} | {"n": 0})
+            out.append({"system": system, "clips": name, **scores.to_dict()})
+    table = pd.DataFrame(out, columns=["system", "clips", *INTERVAL_COLUMNS])
     table["n"] = table["n"].astype(int)
     return table
+
+
+def paired_comparisons(data: pd.DataFrame, baseline: str = "video", clip_ids: Sequence[str] | None = None,
+                       perturbation: str = NATURAL) -> pd.DataFrame:
+    """Each system against `baseline` on the clips both predicted (one pass, optionally some clips).
+
+    Columns: system, n, uar, uar_baseline, uar_diff (system - baseline) with its paired bootstrap
+    interval uar_diff_low/uar_diff_high and p-value p_boot, and McNemar's exact test: fixed (clips only
+    the system gets right), broken (only the baseline), p_mcnemar. Empty when the baseline is alone.
+    """
+    out = []
+    for system, both in _pairs(data, baseline, clip_ids, perturbation):
+        y, pred, base = both["label"].to_numpy(), both["pred"].to_numpy(), both["pred_base"].to_numpy()
+        diff = paired_difference(y, pred, base)
+        test = mcnemar(pred == y, base == y)
+        out.append({"system": system, "n": len(both),
+                    "uar": classification_metrics(y, pred)["uar"],
+                    "uar_baseline": classification_metrics(y, base)["uar"],
+                    "uar_diff": diff["diff"], "uar_diff_low": diff["low"], "uar_diff_high": diff["high"],
+                    "p_boot": diff["p"], "fixed": test["a_only"], "broken": test["b_only"], "p_mcnemar": test["p"]})
+    return pd.DataFrame(out, columns=["system", "n", "uar", "uar_baseline", "uar_diff", "uar_diff_low",
+                                      "uar_diff_high", "p_boot", "fixed", "broken", "p_mcnemar"])
 
 
 def fix_table(data: pd.DataFrame, clip_ids: Sequence[str] | None = None, baseline: str = "video",
               perturbation: str = NATURAL) -> pd.DataFrame:
     """What each system fixes and breaks relative to `baseline` on the given clips and pass.
 
-    fixed = share of the clips the baseline gets wrong that the system gets right;
-    broken = share of the clips the baseline gets right that the system gets wrong.
+    fixed = clips the baseline gets wrong that the system gets right (`fixed_share`: of the baseline's
+    wrong clips); broken = clips the baseline gets right that the system gets wrong (`broken_share`:
+    of its right clips); net = fixed - broken, with the paired bootstrap interval of that count
+    (net_low, net_high: clips x the paired WAR difference); p_mcnemar, McNemar's exact test on
+    fixed vs broken, and `significant` (p < 0.05). `added` names the modalities the system adds.
+    Sorted by net gain, largest first; empty when the baseline is alone.
     """
+    base_mods = set(baseline.split(" ")[0].split("+"))
+    out = []
+    for system, both in _pairs(data, baseline, clip_ids, perturbation):
+        y, pred, base = both["label"].to_numpy(), both["pred"].to_numpy(), both["pred_base"].to_numpy()
+        right, base_right = pred == y, base == y
+        test = mcnemar(right, base_right)
+        gain = paired_difference(y, pred, base, metric="war")
+        added = [m for m in system.split(" ")[0].split("+") if m not in base_mods]
+        wrong_n, right_n = int((~base_right).sum()), int(base_right.sum())
+        out.append({
+            "system": system, "added": "+" + "+".join(added) if added else "(none)", "n": len(both),
+            "baseline_wrong": wrong_n, "fixed": test["a_only"],
+            "fixed_share": test["a_only"] / wrong_n if wrong_n else np.nan,
+            "baseline_right": right_n, "broken": test["b_only"],
+            "broken_share": test["b_only"] / right_n if right_n else np.nan,
+            # n x the WAR difference is the net count of a resample; interpolated quantiles are rounded back
+            "net": test["a_only"] - test["b_only"], "net_low": _round(len(both) * gain["low"]),
+            "net_high": _round(len(both) * gain["high"]), "p_mcnemar": test["p"],
+            "significant": test["p"] < SIGNIFICANCE,
+        })
+    table = pd.DataFrame(out, columns=FIX_COLUMNS)
+    return table.sort_values("net", ascending=False, kind="stable").reset_index(drop=True)
+
+
+FIX_COLUMNS = ["system", "added", "n", "baseline_wrong", "fixed", "fixed_share", "baseline_right", "broken",
+               "broken_share", "net", "net_low", "net_high", "p_mcnemar", "significant"]
+SIGNIFICANCE = 0.05  # McNemar's test level for the fix table's `significant` column
+
+
+def fix_summary(data: pd.DataFrame, low_light: Sequence[str], baseline: str = "video",
+                perturbation: str = NATURAL) -> pd.DataFrame:
+    """The fix table on the low-light clips and on the rest, one block each (`clips` column), each
+    sorted by net gain."""
+    clips = data.loc[data["perturbation"] == perturbation, "clip_id"].unique()
+    dark = set(low_light)
+    parts = [fix_table(data, ids, baseline, perturbation).assign(clips=name)
+             for name, ids in (("low-light", [c for c in clips if c in dark]),
+                               ("rest", [c for c in clips if c not in dark]))]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["clips", *FIX_COLUMNS]]
+
+
+def _round(x: float) -> float:
+    return float(np.round(x)) if np.isfinite(x) else np.nan
+
+
+def _pairs(data: pd.DataFrame, baseline: str, clip_ids: Sequence[str] | None, perturbation: str):
+    """(system, frame of label, pred, pred_base) for each system other than `baseline`, on the
+    (fold, clip) pairs both predicted in `perturbation`, restricted to `clip_ids` if given."""
     rows = data[data["perturbation"] == perturbation]
     if clip_ids is not None:
         rows = rows[rows["clip_id"].isin(set(clip_ids))]
-    if baseline not in set(rows["system"]):
+    if baseline not in set(data.loc[data["perturbation"] == perturbation, "system"]):
         raise DfewMMError(f"baseline system '{baseline}' has no predictions for pass '{perturbation}' "
                           f"(systems: {', '.join(systems_in_order(data))})")
-    base = rows[rows["system"] == baseline].set_index(["fold", "clip_id"])["correct"].astype(bool)
-    out = []
-    for system in systems_in_order(rows):
-        if system == baseline:
-            continue
-        other = rows[rows["system"] == system].set_index(["fold", "clip_id"])["correct"].astype(bool)
-        b, o = base.align(other, join="inner")
-        wrong, right = ~b, b
-        out.append({
-            "system": system,
-            "baseline_wrong": int(wrong.sum()),
-            "fixed": int((wrong & o).sum()),
-            "fixed_share": float((wrong & o).sum() / wrong.sum()) if wrong.any() else np.nan,
-            "baseline_right": int(right.sum()),
-            "broken": int((right & ~o).sum()),
-            "broken_share": float((right & ~o).sum() / right.sum()) if right.any() else np.nan,
-        })
-    return pd.DataFrame(out, columns=["system", "baseline_wrong", "fixed", "fixed_share",
-                                      "baseline_right", "broken", "broken_share"])
+    key = ["fold", "clip_id"]
+    base = rows.loc[rows["system"] == baseline, key + ["label", "pred"]]
+    # every system of the pass, so that a clip subset without clips still gives its (empty) row
+    for system in systems_in_order(data[data["perturbation"] == perturbation]):
+        if system != baseline:
+            other = rows.loc[rows["system"] == system, key + ["pred"]]
+            yield system, base.merge(other, on=key, suffixes=("_base", ""))
 
 
 def per_class_recall(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
@@ -167,12 +286,50 @@ def per_class_recall(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
     return pd.DataFrame.from_dict(table, orient="index", columns=list(CLASSES))
 
 
+def per_class_intervals(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
+                        perturbation: str = NATURAL) -> pd.DataFrame:
+    """Tidy per-class recall with counts: system, class, n (clips of the class), right, recall and its
+    95% Jeffreys interval (recall_low, recall_high; NaN for absent classes): the exact quantiles of
+    what the bootstrap of `dfew_mm.stats` draws for one class."""
+    rows = data[data["perturbation"] == perturbation]
+    if clip_ids is not None:
+        rows = rows[rows["clip_id"].isin(set(clip_ids))]
+    out = []
+    for system in systems_in_order(rows):
+        group = rows[rows["system"] == system]
+        for i, name in enumerate(CLASSES):
+            members = group[group["label"] == i]
+            n, right = len(members), int(members["correct"].sum())
+            low, high = proportion_interval(right, n)
+            out.append({"system": system, "class": name, "n": n, "right": right,
+                        "recall": right / n if n else np.nan, "recall_low": low, "recall_high": high})
+    return pd.DataFrame(out, columns=["system", "class", "n", "right", "recall", "recall_low", "recall_high"])
+
+
 def class_counts(data: pd.DataFrame, clip_ids: Sequence[str] | None = None) -> pd.Series:
     """Number of distinct clips per true class (CLASSES order), optionally among `clip_ids`."""
     rows = data.drop_duplicates(["fold", "clip_id"])
     if clip_ids is not None:
         rows = rows[rows["clip_id"].isin(set(clip_ids))]
     return rows["label_name"].value_counts().reindex(list(CLASSES), fill_value=0)
+
+
+def format_paired(table: pd.DataFrame) -> pd.DataFrame:
+    """`paired_comparisons` for display: UARs and the difference in percent (points) with its interval."""
+    return pd.DataFrame({
+        "system": table["system"], "n": table["n"],
+        "UAR": (100 * table["uar"]).round(1), "UAR baseline": (100 * table["uar_baseline"]).round(1),
+        "difference [95% CI]": [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for d, lo, hi in
+                                zip(table["uar_diff"], table["uar_diff_low"], table["uar_diff_high"])],
+        "p_boot": table["p_boot"], "fixed": table["fixed"], "broken": table["broken"],
+        "p_mcnemar": table["p_mcnemar"]}).set_index("system")
+
+
+def with_intervals(table: pd.DataFrame, index: str, columns: str, metric: str = "uar") -> pd.DataFrame:
+    """A pivot of `metric` as '58.3 [41.2, 70.0]' strings (percent) for display."""
+    cells = table.assign(cell=[format_interval(r[metric], r[f"{metric}_low"], r[f"{metric}_high"])
+                               for _, r in table.iterrows()])
+    return cells.pivot(index=index, columns=columns, values="cell")
 
 
 def dark_examples(data: pd.DataFrame, system: str, n: int = 12) -> pd.DataFrame:
@@ -191,19 +348,28 @@ def face_crop(store, clip_id: str) -> np.ndarray:
 
 
 # -- figures ---------------------------------------------------------------------------------
-def plot_brightness_bins(table: pd.DataFrame):
+# Error bars and bands are the 95% bootstrap intervals of the tables above.
+def _offsets(count: int, spread: float = 0.25) -> np.ndarray:
+    """Small x shifts so that the error bars of several systems at one x do not overlap."""
+    return np.linspace(-spread / 2, spread / 2, count) if count > 1 else np.zeros(1)
+
+
+def plot_brightness_bins(table: pd.DataFrame, dark_luma: float | None = DARK_FACE_LUMA):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     order = systems_in_order(table)
     labels = table.drop_duplicates("bin").set_index("bin")["luma_range"].sort_index()
     for ax, metric in zip(axes, ("uar", "war")):
-        for system in order:
+        for shift, system in zip(_offsets(len(order)), order):
             part = table[table["system"] == system].sort_values("bin")
-            ax.plot(part["bin"], 100 * part[metric], marker="o", label=system)
+            y = 100 * part[metric]
+            yerr = [y - 100 * part[f"{metric}_low"], 100 * part[f"{metric}_high"] - y]
+            ax.errorbar(part["bin"] + shift, y, yerr=yerr, marker="o", capsize=3, label=system)
         ax.set_xticks(labels.index, [f"Q{b}\n{r}" for b, r in labels.items()])
-        ax.set_xlabel("face-luma quantile bin (1 = darkest; luma range)")
-        ax.set_ylabel(f"{metric.upper()} (%)")
+        ax.set_xlabel("face-luma quantile bin (1 = darkest; luma range)"
+                      + (f"; dark = luma < {dark_luma:g}" if dark_luma is not None else ""))
+        ax.set_ylabel(f"{metric.upper()} (%), 95% CI")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_title("UAR by brightness")
@@ -220,9 +386,11 @@ def plot_darkening(curves: pd.DataFrame):
     for ax, metric in zip(axes, ("uar", "war")):
         for system in systems_in_order(curves):
             part = curves[curves["system"] == system].sort_values("darken")
-            ax.plot(part["darken"], 100 * part[metric], marker="o", label=system)
+            line, = ax.plot(part["darken"], 100 * part[metric], marker="o", label=system)
+            ax.fill_between(part["darken"], 100 * part[f"{metric}_low"], 100 * part[f"{metric}_high"],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xlabel("darkening strength (0 = original frames)")
-        ax.set_ylabel(f"{metric.upper()} (%)")
+        ax.set_ylabel(f"{metric.upper()} (%), band = 95% CI")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.set_title(f"{metric.upper()} under synthetic low light")
@@ -231,24 +399,55 @@ def plot_darkening(curves: pd.DataFrame):
     return fig
 
 
-def plot_per_class(table: pd.DataFrame, counts: pd.Series | None = None):
+def plot_per_class(table: pd.DataFrame, title: str = "per-class recall on low-light clips"):
+    """Bars of recall per class and system with their intervals, from `per_class_intervals`."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / max(1, len(table))
+    order = systems_in_order(table) if len(table) else []
+    width = 0.8 / max(1, len(order))
     x = np.arange(len(CLASSES))
-    for i, (system, recalls) in enumerate(table.iterrows()):
-        ax.bar(x + i * width - 0.4 + width / 2, 100 * recalls.to_numpy(dtype=float), width, label=system)
-    absent = table.isna().all(axis=0).to_numpy()
-    for xi in x[absent]:
+    for i, system in enumerate(order):
+        part = table[table["system"] == system].set_index("class").reindex(list(CLASSES))
+        recall = 100 * part["recall"].to_numpy(dtype=float)
+        yerr = [recall - 100 * part["recall_low"].to_numpy(dtype=float),
+                100 * part["recall_high"].to_numpy(dtype=float) - recall]
+        ax.bar(x + i * width - 0.4 + width / 2, recall, width, yerr=yerr, capsize=2, label=system,
+               error_kw={"elinewidth": 0.8})
+    counts = table.drop_duplicates("class").set_index("class")["n"].reindex(list(CLASSES), fill_value=0)
+    for xi in x[counts.to_numpy() == 0]:
         ax.text(xi, 2, "absent", ha="center", fontsize=8, color="grey")
-    labels = CLASSES if counts is None else [f"{c}\n(n={counts[c]})" for c in CLASSES]
-    ax.set_xticks(x, labels)
-    ax.set_ylabel("recall (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("per-class recall on low-light clips (no bar above a present class: recall 0)")
-    ax.legend(title="modalities", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xticks(x, [f"{c}\n(n={counts[c]})" for c in CLASSES])
+    ax.set_xlabel("class (n = clips of the class); no bar above a present class: recall 0")
+    ax.set_ylabel("recall (%), 95% CI")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    if order:
+        ax.legend(title="modalities", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired(tables: dict[str, pd.DataFrame], baseline: str = "video"):
+    """Forest plot of the paired UAR differences with `baseline` (one panel per table of
+    `paired_comparisons`, e.g. per clip subset); a bar crossing 0 is no evidence of a difference."""
+    import matplotlib.pyplot as plt
+
+    heights = [1 + 0.45 * max(1, len(t)) for t in tables.values()]
+    fig, axes = plt.subplots(len(tables), 1, figsize=(8, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (name, table) in zip(axes[:, 0], tables.items()):
+        y = np.arange(len(table))[::-1]
+        diff = 100 * table["uar_diff"].to_numpy(dtype=float)
+        err = [diff - 100 * table["uar_diff_low"].to_numpy(dtype=float),
+               100 * table["uar_diff_high"].to_numpy(dtype=float) - diff]
+        ax.errorbar(diff, y, xerr=err, fmt="o", capsize=3)
+        ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(y, [f"{s} (n={n})" for s, n in zip(table["system"], table["n"])])
+        ax.set_xlabel(f"UAR difference with {baseline} (points), 95% CI")
+        ax.set_title(name)
+        ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -29,3 +29,11 @@ N_BLENDSHAPES = 52  # MediaPipe FaceLandmarker blendshape scores
 
 # BT.601 luma weights for R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Absolute low-light threshold on a clip's mean face-crop luma (BT.601, 0..255, gamma-encoded as
+# stored): "dark" means below it, in every fold and store alike (quantile bins are relative to one
+# set of clips). A face exposed like middle grey sits near luma 118; at luma 60 it received about a
+# quarter of that light ((60 / 118) ** 2.2 ≈ 0.23 with a 2.2 display gamma), i.e. two stops under,
+# where 8-bit video keeps only a few dozen grey levels across the face and sensor noise and
+# compression dominate expression detail. The synthetic low-light clips sit at 18-32, the others at 118-165.
+DARK_FACE_LUMA = 60.0

@@ -19,6 +19,7 @@ from dfew_mm.errors import ConfigError
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, metrics_path_for,  # noqa: F401
                                  modality_label, perturbation_label, prediction_frame, run_name)
+from dfew_mm.stats import LEVEL, METHOD, N_BOOT, metric_intervals
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +119,24 @@ def parse_modalities(spec: str | Sequence[str] | None, trained: Sequence[str]) -
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def metrics_by_pass(frame: pd.DataFrame) -> list[dict]:
-    """Metrics of each (run, modalities, perturbation) pass in a predictions frame."""
+def metrics_by_pass(frame: pd.DataFrame, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> list[dict]:
+    """Metrics of each (run, modalities, perturbation) pass in a predictions frame, with bootstrap
+    intervals `uar_ci` and `war_ci` ([low, high]; `dfew_mm.stats`, settings in `interval_settings`)."""
     passes = []
     for (run, mods, pert), group in frame.groupby(["run", "modalities", "perturbation"], sort=False):
-        metrics = classification_metrics(group["label"].to_numpy(), group["pred"].to_numpy())
+        y_true, y_pred = group["label"].to_numpy(), group["pred"].to_numpy()
+        metrics = classification_metrics(y_true, y_pred)
+        ci = metric_intervals(y_true, y_pred, n_boot=n_boot, level=level, seed=seed)
         passes.append({"run": run, "modalities": mods, "perturbation": pert,
-                       "darken": float(group["darken"].iloc[0]), **metrics})
+                       "darken": float(group["darken"].iloc[0]), **metrics,
+                       "uar_ci": [ci["uar"]["low"], ci["uar"]["high"]],
+                       "war_ci": [ci["war"]["low"], ci["war"]["high"]]})
     return passes
+
+
+def interval_settings(n_boot: int = N_BOOT, level: float = LEVEL) -> dict:
+    """How the `uar_ci`/`war_ci` of a metrics JSON were computed (written once per file)."""
+    return {"method": METHOD, "n_boot": n_boot, "level": level, "resampled": "clips, within each true class"}
 
 
 def select_clips(store, data_cfg, split: str, seed: int) -> pd.DataFrame:
@@ -217,6 +228,6 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
         log.info("%s %s: %s", p["modalities"], p["perturbation"], format_metrics(p))
     result = {"checkpoint": str(checkpoint), "store": str(Path(store).resolve()), "fold": fold, "split": split,
               "modalities": modality_label(mods), "darken": strengths, "predictions": out_csv.name,
-              "epoch": meta.get("epoch"), "passes": passes}
+              "epoch": meta.get("epoch"), "intervals": interval_settings(), "passes": passes}
     metrics_path_for(out_csv).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     return result

@@ -66,11 +66,17 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict
 
 
 def format_metrics(metrics: dict) -> str:
-    """One line for logs and CLI output: 'UAR 41.2  WAR 55.0  F1 39.8  (n=2341)'."""
-    def pct(x: float) -> str:
-        return "  nan" if math.isnan(x) else f"{100 * x:5.1f}"
+    """One line for logs and CLI output: 'UAR 41.2  WAR 55.0  F1 39.8  (n=2341)'; with the bootstrap
+    intervals of `evaluate` (`uar_ci`, `war_ci`): 'UAR 41.2 [39.1, 43.3]  WAR 55.0 [53.0, 57.0]  ...'."""
+    def pct(x: float | None) -> str:
+        return "  nan" if x is None or math.isnan(x) else f"{100 * x:5.1f}"
 
-    return (f"UAR {pct(metrics['uar'])}  WAR {pct(metrics['war'])}  "
+    def with_ci(name: str) -> str:
+        ci = metrics.get(f"{name}_ci")
+        text = pct(metrics[name])
+        return text if ci is None else f"{text} [{pct(ci[0]).strip()}, {pct(ci[1]).strip()}]"
+
+    return (f"UAR {with_ci('uar')}  WAR {with_ci('war')}  "
             f"F1 {pct(metrics['macro_f1'])}  (n={metrics['n']})")
 
 

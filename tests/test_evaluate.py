@@ -102,7 +102,9 @@ def test_evaluate_writes_documented_columns_and_consistent_metrics(trained_run, 
 
     saved = json.loads(metrics_path_for(out_csv).read_text())
     assert saved == json.loads(json.dumps(saved))  # strict JSON
+    assert saved["intervals"]["n_boot"] == 2000 and saved["intervals"]["level"] == 0.95
     for p in saved["passes"]:
+        assert p["uar_ci"][0] <= p["uar"] <= p["uar_ci"][1] and p["war_ci"][0] <= p["war"] <= p["war_ci"][1]
         rows = frame[frame["perturbation"] == p["perturbation"]]
         expected = classification_metrics(rows["label"], rows["pred"])
         assert p["uar"] == pytest.approx(expected["uar"]) and p["war"] == pytest.approx(rows["correct"].mean())

@@ -69,3 +69,100 @@ def test_folds_pool_and_errors(tmp_path):
         analysis.fix_table(data, baseline="video+pose")
     with pytest.raises(DfewMMError, match="no prediction files"):
         analysis.load_predictions(tmp_path / "empty")
+
+
+# -- intervals, paired comparisons, fix table -------------------------------------------------------
+def test_tables_carry_intervals(predictions):
+    data = analysis.load_predictions(predictions)
+    assert analysis.dark_clips(data) == ["1", "2", "3", "4"]  # face luma (or frame luma) below 60
+    assert analysis.dark_clips(data, threshold=30) == ["1", "2"]
+    for table in (analysis.brightness_bins(data, 2), analysis.darkening_curves(data)):
+        for metric in ("uar", "war"):
+            assert (table[f"{metric}_low"] <= table[metric] + 1e-12).all()
+            assert (table[metric] <= table[f"{metric}_high"] + 1e-12).all()
+    bins = analysis.brightness_bins(data, 2).set_index(["system", "bin"])
+    # wrong on all 4 dark clips (one per class): 0, but 4 clips cannot rule out a moderate accuracy
+    assert bins.loc[("video", 1), "war_low"] == 0 and 0.2 < bins.loc[("video", 1), "war_high"] < 0.8
+
+    scores = analysis.subset_scores(data).set_index(["system", "clips"])
+    assert scores.loc[("video", "all"), "n"] == 8 and scores.loc[("video", "low-light"), "n"] == 4
+    assert scores.loc[("video", "normal"), "uar"] == 1 and scores.loc[("video", "low-light"), "uar"] == 0
+    assert scores.loc[("video+pose+audio", "low-light"), "war"] == pytest.approx(3 / 4)
+    empty = analysis.subset_scores(data, low_light=[], darkest_quantile=0.25).set_index(["system", "clips"])
+    assert empty.loc[("video", "low-light"), "n"] == 0 and np.isnan(empty.loc[("video", "low-light"), "uar"])
+    assert empty.loc[("video", "darkest 25%"), "n"] == 2
+
+    cells = analysis.with_intervals(analysis.darkening_curves(data), "system", "darken")
+    assert cells.loc["video", 1.0].startswith("0.0 [0.0, ")
+
+    per_class = analysis.per_class_intervals(data, analysis.dark_clips(data)).set_index(["system", "class"])
+    happy = per_class.loc[("video+pose+audio", "happy")]
+    assert (happy["n"], happy["right"], happy["recall"]) == (1, 1, 1.0) and 0 < happy["recall_low"] < 1
+    assert per_class.loc[("video", "disgust"), "n"] == 0 and np.isnan(per_class.loc[("video", "disgust"), "recall"])
+
+
+def test_fix_summary_counts_nets_and_tests(predictions):
+    data = analysis.load_predictions(predictions)
+    fixes = analysis.fix_summary(data, analysis.dark_clips(data)).set_index(["clips", "system"])
+    dark = fixes.loc[("low-light", "video+pose+audio")]
+    assert (dark["added"], dark["fixed"], dark["broken"], dark["net"]) == ("+pose+audio", 3, 0, 3)
+    assert dark["p_mcnemar"] == pytest.approx(0.25) and not dark["significant"]  # 3 vs 0 is not enough
+    assert dark["net_low"] <= 3 <= dark["net_high"]
+    rest = fixes.loc[("rest", "video+pose+audio")]
+    assert (rest["fixed"], rest["broken"], rest["net"], rest["p_mcnemar"]) == (0, 1, -1, 1.0)
+    assert fixes.loc[("low-light", "video [of video+pose+audio]"), "added"] == "(none)"
+    assert list(fixes.reset_index()["clips"]) == ["low-light"] * 2 + ["rest"] * 2
+
+
+def _write_many(folder, name, labels, preds, modalities, luma):
+    ids = [str(i) for i in range(1, len(labels) + 1)]
+    manifest = pd.DataFrame({"clip_id": ids, "luma_mean": luma, "face_luma_mean": luma, "face_rate": 1.0,
+                             "pose_rate": 1.0, "has_audio": True})
+    frame = prediction_frame(ids, labels, np.eye(7)[preds], manifest, modalities=modalities, perturbation="none",
+                             darken=0.0, run=name, trained_modalities=modalities, fold=1, split="test")
+    frame.to_csv(folder / f"{name}.csv", index=False)
+    metrics_path_for(folder / f"{name}.csv").write_text(json.dumps({"store": ""}))
+
+
+def test_paired_comparisons_identical_and_dominating(tmp_path):
+    labels = np.repeat(np.arange(4), 10)
+    base = np.where(np.tile(np.arange(10) < 4, 4), (labels + 1) % 4, labels)  # wrong on 4 clips per class
+    luma = np.where(np.tile(np.arange(10) < 5, 4), 20.0, 140.0)
+    _write_many(tmp_path, "video", labels, base, "video", luma)
+    _write_many(tmp_path, "same", labels, base, "video+pose", luma)  # identical predictions
+    _write_many(tmp_path, "fused", labels, labels, "video+audio", luma)  # right wherever video is wrong
+    data = analysis.load_predictions(tmp_path)
+    paired = analysis.paired_comparisons(data).set_index("system")
+    same = paired.loc["video+pose"]
+    assert same["uar_diff"] == 0 and same["uar_diff_low"] <= 0 <= same["uar_diff_high"]
+    assert same["p_mcnemar"] == 1.0 and same["p_boot"] == 1.0
+    fused = paired.loc["video+audio"]
+    assert fused["uar_diff"] == pytest.approx(0.4) and fused["uar_diff_low"] > 0
+    assert (fused["fixed"], fused["broken"]) == (16, 0) and fused["p_mcnemar"] < 1e-4
+    display = analysis.format_paired(paired.reset_index())
+    assert display.loc["video+audio", "difference [95% CI]"].startswith("+40.0 [+")
+
+    fixes = analysis.fix_table(data)
+    assert fixes["system"].tolist() == ["video+audio", "video+pose"]  # sorted by net gain
+    assert fixes.loc[0, "significant"] and fixes.loc[0, "net_low"] > 0 and not fixes.loc[1, "significant"]
+    dark = analysis.paired_comparisons(data, clip_ids=analysis.dark_clips(data)).set_index("system")
+    assert dark.loc["video+audio", "n"] == 20
+
+
+def test_low_light_selection_and_figures(predictions, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    data = analysis.load_predictions(predictions)
+    ids, rule = analysis.low_light_selection(data)
+    assert ids == ["1", "2", "3", "4"] and "below 60" in rule
+    ids, rule = analysis.low_light_selection(data, dark_luma=5, quantile=0.25)
+    assert ids == ["1", "2"] and "darkest 25%" in rule
+    figures = {
+        "bins": analysis.plot_brightness_bins(analysis.brightness_bins(data, 2)),
+        "curves": analysis.plot_darkening(analysis.darkening_curves(data)),
+        "per_class": analysis.plot_per_class(analysis.per_class_intervals(data, ids)),
+        "paired": analysis.plot_paired({"all": analysis.paired_comparisons(data)}),
+    }
+    for name, fig in figures.items():
+        assert analysis.save_figure(fig, tmp_path, name).stat().st_size > 5000

@@ -53,3 +53,27 @@ def test_empty_and_invalid_input():
         classification_metrics([0, 7], [0, 0])
     with pytest.raises(ValueError, match="labels"):
         classification_metrics([0, 1], [0])
+
+
+def test_metrics_by_pass_adds_intervals_and_keeps_keys():
+    import json
+
+    import pandas as pd
+
+    from dfew_mm.evaluate import interval_settings, metrics_by_pass
+    from dfew_mm.metrics import json_safe
+
+    labels = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    frame = pd.DataFrame({"run": "r", "modalities": "video", "perturbation": ["none"] * 10 + ["darken:1"] * 10,
+                          "darken": [0.0] * 10 + [1.0] * 10, "label": labels * 2,
+                          "pred": [0, 0, 0, 1, 1, 0, 2, 2, 0, 0] + [0] * 10})
+    passes = metrics_by_pass(frame)
+    assert [p["perturbation"] for p in passes] == ["none", "darken:1"]
+    plain = classification_metrics(labels, [0, 0, 0, 1, 1, 0, 2, 2, 0, 0])
+    assert json_safe({k: passes[0][k] for k in plain}) == json_safe(plain)  # existing keys unchanged
+    for p in passes:
+        assert p["uar_ci"][0] <= p["uar"] <= p["uar_ci"][1] and p["war_ci"][0] <= p["war"] <= p["war_ci"][1]
+    # always "happy": UAR 1/3, and still uncertain with 2-4 clips per class
+    assert passes[1]["uar_ci"][0] < 1 / 3 < passes[1]["uar_ci"][1]
+    assert "UAR  58.3 [" in format_metrics(passes[0]) and "WAR  60.0 [" in format_metrics(passes[0])
+    assert json.loads(json.dumps(json_safe({"intervals": interval_settings(), "passes": passes})))

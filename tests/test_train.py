@@ -120,7 +120,7 @@ def test_cv_command_trains_folds_and_writes_summary(store, tmp_path, capsys):
     summary = (out / "cv_summary.txt").read_text()
     assert "UAR" in summary and "±" in summary
     table = (out / "cv_summary.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in table[1:]] == ["1", "2", "mean", "std"]
+    assert [row.split(",")[0] for row in table[1:]] == ["1", "2", "mean", "std", "pooled"]
     assert cli_main(args) == 0  # finished folds are kept, not retrained
     assert "fold" in capsys.readouterr().out
 
