@@ -471,12 +471,14 @@ def test_whisper_log_mel_matches_whisper_feature_extractor():
     enc = AudioEncoder(audio_cfg("whisper"))
     rng = np.random.default_rng(0)
     t = np.arange(SR * 1.3) / SR
-    clip = (0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-t) + rng.normal(0, 0.02, t.size)).astype(np.float32)
-    theirs = WhisperFeatureExtractor(feature_size=80)(clip, sampling_rate=SR, return_tensors="pt")["input_features"]
-    padded = torch.zeros(1, enc.backbone.n_samples)
-    padded[0, :clip.size] = torch.from_numpy(clip)
+    loud = (0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-t) + rng.normal(0, 0.02, t.size)).astype(np.float32)
+    quiet = (0.01 * rng.normal(0, 1, SR)).astype(np.float32)  # a different peak: the floor is per clip
+    theirs = WhisperFeatureExtractor(feature_size=80)([loud, quiet], sampling_rate=SR,
+                                                      return_tensors="pt")["input_features"]
+    padded = torch.zeros(2, enc.backbone.n_samples)
+    padded[0, :loud.size], padded[1, :quiet.size] = torch.from_numpy(loud), torch.from_numpy(quiet)
     ours = enc.backbone.log_mel(padded)
-    assert ours.shape == theirs.shape == (1, 80, 3000)
+    assert ours.shape == theirs.shape == (2, 80, 3000)
     assert (ours - theirs).abs().max() < 1e-4
 
 
