@@ -12,7 +12,7 @@ import torch
 from dfew_mm.config import AudioEncoderConfig, ModelConfig, VideoEncoderConfig, load_config
 from dfew_mm.errors import AssetError, ConfigError, StoreError
 from dfew_mm.models import build_model
-from dfew_mm.models.backbones import build_speech_backbone, build_vision_backbone, speech_spec, vision_spec
+from dfew_mm.models.backbones import speech_spec, vision_spec
 from dfew_mm.models.backbones.base import is_adapter
 from dfew_mm.models.encoders.audio import AudioEncoder
 from dfew_mm.models.encoders.video import VideoEncoder
@@ -89,7 +89,8 @@ def speech_batch(b: int = 3, seed: int = 0) -> dict:
 
 def assert_grads_match_trainability(module: torch.nn.Module) -> None:
     """Every trainable parameter got a finite, non-zero gradient; no frozen one got any."""
-    missing = [n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    missing = [n for n, p in module.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert not missing, f"no gradient reached {missing[:5]} ({len(missing)})"
     leaked = [n for n, p in module.named_parameters() if not p.requires_grad and p.grad is not None]
     assert not leaked, f"frozen parameters got gradients: {leaked[:5]}"
@@ -346,7 +347,8 @@ def test_failed_timm_download_says_how_to_work_offline():
 
 
 def test_unknown_hf_model_offline_says_how_to_get_it():
-    with pytest.raises(ConfigError, match=r"(?s)no config found offline.*--local-dir DIR.*checkpoint=DIR.*HF_HUB_OFFLINE"):
+    advice = r"(?s)no config found offline.*--local-dir DIR.*checkpoint=DIR.*HF_HUB_OFFLINE"
+    with pytest.raises(ConfigError, match=advice):
         VideoEncoder(VideoEncoderConfig(arch="hf/no-such-org/no-such-model"))
 
 
@@ -411,7 +413,7 @@ def test_face_preprocessing_matches_the_hf_image_processor(arch, backend):
 
     class_name, settings = PROCESSORS[arch]
     processor = getattr(transformers, class_name + backend)(**settings)
-    name = {"hf/openai/clip-vit-base-patch16": "clip", "hf/google/siglip-base-patch16-224": "siglip"}.get(arch, "dinov2")
+    name = next(n for n, v in VISION.items() if v["arch"] == arch)
     enc = VideoEncoder(video_cfg(name, input_size=0))  # tiny weights, the checkpoint's own preprocessing
     img = face_crop()
     ours = enc.preprocess(torch.from_numpy(img).permute(2, 0, 1)[None, None])  # (1, 3, 224, 224)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -29,8 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfew_mm.errors import AssetError, ConfigError
-
-log = logging.getLogger(__name__)
 
 # `all_but_last` is how configs before the backbone registry asked for `last_blocks` with one block.
 FREEZE_POLICIES = ("none", "all", "last_blocks", "lora", "all_but_last")
@@ -102,15 +99,15 @@ class Backbone(nn.Module):
     def matches(cls, arch: str) -> bool:
         raise NotImplementedError
 
+    @classmethod
+    def spec_for(cls, cfg):
+        raise NotImplementedError
+
     def blocks(self) -> Sequence[nn.Module]:
         raise NotImplementedError
 
     def load_pretrained(self, cfg) -> None:
         raise NotImplementedError
-
-    def adapter_root(self) -> nn.Module:
-        """The module LoRA adapters are injected into."""
-        return self
 
 
 class VisionBackbone(Backbone):
@@ -183,7 +180,7 @@ def inject_lora(backbone: Backbone, cfg, key: str) -> None:
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=targets)
     try:
-        inject_adapter_in_model(config, backbone.adapter_root())
+        inject_adapter_in_model(config, backbone)
     except ValueError as err:  # peft: target modules not found
         raise ConfigError(f"{key}.lora_targets={targets} do not name modules of {backbone.arch}: {err}") from err
 

@@ -43,7 +43,7 @@ class TimmBackbone(VisionBackbone):
             self.model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         except TypeError as err:  # an arch_kwargs name the model does not take
             raise ConfigError(f"model.video.arch_kwargs {kwargs} do not fit timm model {name}: {err}") from err
-        self.output_dim = self.model.num_features
+        self.output_dim = getattr(self.model, "head_hidden_size", None) or self.model.num_features  # pooled width
         self.classifier_name = self.model.pretrained_cfg.get("classifier") or "head"  # dropped from checkpoints
         self.lora_targets = ("qkv",) if any(n.endswith("qkv") for n, _ in self.model.named_modules()) else ()
         self._kwargs = kwargs

@@ -10,8 +10,6 @@ another size (the same crop ratio), `model.video.crop_pct` changes the crop rati
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +20,6 @@ from dfew_mm.models.backbones import VisionSpec, build_vision_backbone
 from dfew_mm.models.backbones.base import frozen_modules
 from dfew_mm.models.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 
-log = logging.getLogger(__name__)
 PER_IMAGE_EPS = 1.0  # grey levels; keeps a blank (all-zero, masked) crop finite
 
 
