@@ -254,7 +254,7 @@ def read_state_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-# -- shared helpers -----------------------------------------------------------------------------------
+# -- shared utilities ---------------------------------------------------------------------------------
 def masked_pool(hidden: torch.Tensor, valid: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, D) frames + (B, L) validity -> (B, n, D) means of the valid frames in n equal spans, and
     (B, n) the valid share of each span (0 where a span holds no valid frame; its token is then 0)."""
