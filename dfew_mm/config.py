@@ -48,14 +48,24 @@ class DataConfig:
 
 @dataclass
 class VideoEncoderConfig:
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
-    pretrained: bool = True  # ImageNet weights from torchvision
-    checkpoint: str = ""  # optional face-pretrained state dict (e.g. MS-Celeb ResNet-18)
-    freeze: str = "none"  # none | all | all_but_last
-    input_size: int = 0  # px the faces are resized to on device before the ResNet; 0 = as stored
-    # imagenet: fixed ImageNet mean/std (what pretrained weights expect); per_image: each face crop
-    # to zero mean, unit variance, which makes a from-scratch backbone blind to exposure (low light)
-    normalise: str = "imagenet"  # imagenet | per_image
+    # resnet18 | resnet34 | resnet50 (torchvision), timm/<model name>, hf/<Hugging Face repo id or local folder>
+    arch: str = "resnet18"
+    pretrained: bool = True  # the backbone's published weights (torchvision ImageNet, timm, Hugging Face)
+    checkpoint: str = ""  # local weights instead: a state dict (e.g. an HSEmotion face model) or a Hugging Face folder
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model kwargs / Hugging Face config keys
+    # none | all | last_blocks (the last trainable_blocks train) | lora (adapters only); all_but_last = 1 last block
+    freeze: str = "none"
+    trainable_blocks: int = 1  # last_blocks: ResNet stages or transformer layers that train, counted from the top
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # adapter scale = lora_alpha / lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)  # module names; empty: the backbone's attention projections
+    input_size: int = 0  # px the backbone sees; 0: its own input size (ResNets: as stored)
+    crop_pct: float = 0.0  # centre-crop share after resizing; 0: the backbone's own (1 / its resize ratio), 1: no crop
+    # backbone: the backbone's own mean/std (what pretrained weights expect); imagenet: ImageNet mean/std;
+    # per_image: each face crop to zero mean, unit variance, which makes a from-scratch backbone blind to
+    # exposure (low light)
+    normalise: str = "backbone"  # backbone | imagenet | per_image
 
 
 @dataclass
@@ -67,16 +77,27 @@ class PoseEncoderConfig:
 
 @dataclass
 class AudioEncoderConfig:
+    # ast (filterbank) | hf/<Hugging Face repo id or local folder> of a WavLM, HuBERT, wav2vec 2.0 or Whisper
+    # model (16 kHz waveform)
+    arch: str = "ast"
     pretrained: bool = True
-    checkpoint: str = "MIT/ast-finetuned-audioset-10-10-0.4593"  # Hugging Face id or local dir
-    freeze: str = "none"  # none | all | all_but_last
-    # Architecture, used when pretrained is false (tiny configs); a checkpoint brings its own.
+    checkpoint: str = ""  # where the weights come from: "" = the arch's own (ast: AudioSet AST), or a local folder
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # Hugging Face config keys (hf/ archs)
+    freeze: str = "none"  # none | all | last_blocks | lora (all_but_last = last_blocks with 1 block)
+    trainable_blocks: int = 1
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)
+    # AST architecture (arch=ast); the AudioSet checkpoint is 768 / 12 / 12 / 3072.
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
     intermediate_size: int = 3072
-    max_length: int = 512  # filterbank frames the AST sees (input padded/cropped); >= data.audio_frames
-    tokens_per_second: float = 4.0  # AST patch tokens are pooled to this rate for fusion
+    # The clip window in 10 ms frames: the filterbank frames AST sees (padded/cropped), or max_length * 160
+    # waveform samples; >= data.audio_frames
+    max_length: int = 512
+    tokens_per_second: float = 4.0  # encoder outputs are pooled to this rate for fusion
 
 
 @dataclass
@@ -223,11 +244,11 @@ def validate(cfg: ExperimentConfig) -> None:
     unknown = [m for m in mods if m not in MODALITIES]
     if unknown:
         raise ConfigError(f"unknown modality {unknown}: valid modalities are {', '.join(MODALITIES)}")
+    from dfew_mm.models.backbones import check_encoder_config  # backbone names and tuning choices (imports torch)
+
+    check_encoder_config(cfg.model)
     choices = {
-        "model.video.arch": (cfg.model.video.arch, ("resnet18", "resnet34", "resnet50")),
-        "model.video.freeze": (cfg.model.video.freeze, ("none", "all", "all_but_last")),
-        "model.video.normalise": (cfg.model.video.normalise, ("imagenet", "per_image")),
-        "model.audio.freeze": (cfg.model.audio.freeze, ("none", "all", "all_but_last")),
+        "model.video.normalise": (cfg.model.video.normalise, ("backbone", "imagenet", "per_image")),
         "model.fusion.head": (cfg.model.fusion.head, ("linear", "arcface")),
         "train.class_balance": (cfg.train.class_balance, ("none", "weighted_loss", "sampler")),
         "train.device": (cfg.train.device, ("auto", "cpu", "cuda")),

@@ -12,7 +12,8 @@ from dfew_mm.config import ModelConfig, load_config
 from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.errors import AssetError, ConfigError
 from dfew_mm.models import build_model, load_pretrained, resolve_modalities
-from dfew_mm.models.encoders.audio import AudioEncoder, _fit_position_embeddings, load_audio_weights
+from dfew_mm.models.backbones.ast import ast_config, fit_position_embeddings
+from dfew_mm.models.encoders.audio import AudioEncoder, load_audio_weights
 from dfew_mm.models.encoders.pose import PoseEncoder, normalise_pose
 from dfew_mm.models.encoders.video import VideoEncoder, load_video_weights
 from dfew_mm.models.fusion import time_embedding
@@ -158,16 +159,14 @@ def test_audio_encoder_tokens_masks_and_timestamps():
 
 def test_ast_position_embeddings_are_cropped_or_interpolated():
     pos = torch.randn(1, 2 + 12 * 101, 8)  # an AudioSet checkpoint: 1024 frames -> 101 time patches
-    cropped = _fit_position_embeddings(pos, 12, 50)
+    cropped = fit_position_embeddings(pos, 12, 50)
     assert cropped.shape == (1, 2 + 12 * 50, 8)
     assert torch.equal(cropped[:, 2:].view(12, 50, 8), pos[:, 2:].view(12, 101, 8)[:, :50])
-    assert _fit_position_embeddings(pos, 12, 150).shape == (1, 2 + 12 * 150, 8)
+    assert fit_position_embeddings(pos, 12, 150).shape == (1, 2 + 12 * 150, 8)
 
 
 def test_audio_weights_load_from_a_local_checkpoint(tmp_path):
     from transformers import ASTModel
-
-    from dfew_mm.models.encoders.audio import ast_config
 
     cfg = small_model_config().audio
     long_cfg = ast_config(cfg)
@@ -177,10 +176,10 @@ def test_audio_weights_load_from_a_local_checkpoint(tmp_path):
     cfg.pretrained, cfg.checkpoint = True, str(tmp_path / "ast")
     enc = AudioEncoder(cfg)
     load_audio_weights(enc, cfg)
-    loaded, expected = enc.ast.state_dict(), source.state_dict()
+    loaded, expected = enc.backbone.model.state_dict(), source.state_dict()
     pos = "embeddings.position_embeddings"
     assert all(torch.equal(loaded[k], expected[k]) for k in expected if k != pos)
-    assert loaded[pos].shape[1] == 2 + 12 * enc.n_time < expected[pos].shape[1]
+    assert loaded[pos].shape[1] == 2 + 12 * enc.backbone.n_time < expected[pos].shape[1]
     cfg.hidden_size = 32  # architecture that does not fit the checkpoint
     with pytest.raises(AssetError, match="does not fit"):
         load_audio_weights(AudioEncoder(cfg), cfg)
