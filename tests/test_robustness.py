@@ -224,6 +224,22 @@ def test_worker_deaths_and_hangs_fail_one_clip_each_and_the_run_goes_on(tmp_path
     live.unlink()
 
 
+def test_a_worker_that_cannot_start_stops_the_run_with_the_reason(tmp_path, clips_dir, assets_dir):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for model in assets_dir.iterdir():
+        (assets / model.name).symlink_to(model)
+    (assets / "pose_landmarker_full.task").unlink()
+    (assets / "pose_landmarker_full.task").write_bytes(b"not a model" * 100)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / f"{CREMAD[0]}.flv").symlink_to(clips_dir / "cremad" / f"{CREMAD[0]}.flv")
+    done = _extract(folder, tmp_path / "features", assets)
+    assert done.returncode == 2  # not a pool that restarts the worker for ever
+    assert _one_error_line(done.stderr) == ("error: an extraction worker could not start: RuntimeError: Unable to "
+                                            "open zip archive.")
+
+
 # -- 3. manifest out of step with the records -------------------------------------------------------
 def test_manifest_is_rebuilt_when_records_disagree(tmp_path, caplog):
     dfew, path = _store(tmp_path, missing=(3,), failed=(4,))

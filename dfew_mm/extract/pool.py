@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import re
 import signal
 import tempfile
 import time
@@ -72,8 +73,10 @@ def _worker_main(conn, log_path: str, options: ExtractOptions, model_paths: dict
         extractor = ClipExtractor(options, model_paths)
         store = FeatureStore(store_path)
     except Exception as err:  # a model file that does not load, a store that vanished
+        # Leave without interpreter clean-up, where half-built MediaPipe objects would print tracebacks.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         conn.send(("init_failed", None, f"{type(err).__name__}: {err}"))
-        return
+        os._exit(1)
     faults = _faults()
     try:
         conn.send(("ready", None, os.getpid()))
@@ -190,8 +193,11 @@ def native_tail(path: str, lines: int = NATIVE_TAIL_LINES, limit: int = 300) -> 
             text = handle.read().decode(errors="replace")
     except OSError:
         return ""
-    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    kept = [line.strip() for line in text.splitlines() if line.strip() and not _CHATTER.match(line)][-lines:]
     return " | ".join(kept)[-limit:]
+
+
+_CHATTER = re.compile(r"^\s*(INFO:|[IW]\d{4} )")  # TFLite and glog info/warning lines: not why a worker died
 
 
 class SupervisedPool:
