@@ -40,7 +40,7 @@ MAX_START_FAILURES = 3  # workers dying during start-up, in a row, before the ru
 NATIVE_TAIL_LINES = 3
 # Test hook: "clip=fault,clip=fault" makes the worker fail on those clips, to exercise the
 # supervision with real process deaths: bad_alloc (a real C++ allocation failure in native code,
-# which aborts), abort, kill (SIGKILL, as the out-of-memory killer sends), hang, exit.
+# which aborts), abort, kill (SIGKILL, as the out-of-memory killer sends), hang.
 FAULTS_ENV = "DFEW_MM_TEST_WORKER_FAULTS"
 
 
@@ -149,8 +149,6 @@ def _inject(fault: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif fault == "hang":
         time.sleep(1e6)
-    elif fault == "exit":
-        os._exit(3)
 
 
 # -- the parent --------------------------------------------------------------------------------
