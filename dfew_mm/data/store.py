@@ -283,9 +283,9 @@ class FeatureStore:
         return StoreError(
             f"{context}: {len(ids)} clip files in feature store {self.path} cannot be read: {details}{more}. "
             f"Repair: re-run the same extraction into {self.path} (it redoes damaged clips), or only these with "
-            f"`dfew_mm extract --dfew-root ROOT --out {self.path} --ids {id_args}` (or --clips-dir, as when the store was "
-            "made); or pass --allow-missing "
-            "(data.allow_missing=true) to leave them out and list them in excluded_clips.csv")
+            f"`dfew_mm extract --dfew-root ROOT --out {self.path} --ids {id_args}` (or --clips-dir, as when the "
+            "store was made); or pass --allow-missing (data.allow_missing=true) to leave them out and list them "
+            "in excluded_clips.csv")
 
     # -- writing (extraction) -------------------------------------------------------------
     def write_clip(self, clip_id: str, arrays: Mapping[str, np.ndarray]) -> int:
