@@ -1,4 +1,9 @@
-"""Checkpoints: atomic saves, RNG state for exact resume, loading with model-config checks."""
+"""Checkpoints: atomic saves, RNG state for exact resume, loading with model-config checks.
+
+A save that fails (full disk, no permission) raises one WriteError naming the file and leaves the
+previous checkpoint and no temporary file behind; temporary files of saves killed outright are
+removed when the next run starts (`remove_stale_checkpoint_temps`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ import numpy as np
 import torch
 
 from dfew_mm.config import from_dict, to_dict
-from dfew_mm.data.store import atomic_write_bytes
-from dfew_mm.errors import DfewMMError
+from dfew_mm.errors import DfewMMError, WriteError
+from dfew_mm.files import atomic_write_bytes, remove_stale_temp_files
 from dfew_mm.models import EmotionModel, build_model
 
 
@@ -35,7 +40,21 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    """Save atomically; on failure raise WriteError saying what a resume can start from."""
+    path = Path(path)
+    try:
+        atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    except WriteError as err:
+        last = path.parent / "last.pt"
+        then = (f"then resume with `dfew_mm train --resume {path.parent}` (last.pt holds the last complete epoch)"
+                if last.is_file() else "then start the run again (no complete checkpoint was written)")
+        raise WriteError(f"{err}; {then}") from None
+
+
+def remove_stale_checkpoint_temps(run_dir: Path) -> int:
+    """Delete the temporary files of checkpoint saves whose process is dead (a kill during a save)."""
+    removed, _ = remove_stale_temp_files([Path(run_dir)])
+    return len(removed)
 
 
 def model_config_diff(saved: dict, current: dict, prefix: str = "model") -> list[str]:

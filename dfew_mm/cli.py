@@ -8,8 +8,10 @@ read from the library's dataclasses, never restated here.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,7 +42,29 @@ def _parse_folds(text: str) -> tuple[int, ...]:
             folds.extend(range(int(lo), int(hi or lo) + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"folds '{text}' should look like 1-5 or 1,3") from None
+    if not folds:
+        raise argparse.ArgumentTypeError(f"folds '{text}' name no fold; e.g. 1-5 or 1,3")
     return tuple(folds)
+
+
+def _check_numbers(args, positive: Sequence[str] = (), **bounds: tuple[float, float | None]) -> None:
+    """One-line errors for numeric options outside [low, high] (high None: no upper bound) or, for
+    `positive`, not above 0; options left unset pass."""
+    import math
+
+    from dfew_mm.errors import ConfigError
+
+    checks = [(name, low, high, False) for name, (low, high) in bounds.items()]
+    checks += [(name, 0, None, True) for name in positive]
+    for name, low, high, strict in checks:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or (strict and value == low) or (high is not None and value > high):
+            flag = "--" + name.replace("_", "-")
+            allowed = (f"{low:g}..{high:g}" if high is not None else f"above {low:g}" if strict
+                       else f"at least {low:g}")
+            raise ConfigError(f"{flag} {value:g}: must be {allowed}")
 
 
 # -- folds ---------------------------------------------------------------------------------
@@ -93,6 +117,8 @@ def _add_synth(sub) -> None:
 def _run_synth(args) -> int:
     from dfew_mm.synth import SynthConfig, generate_dataset
 
+    _check_numbers(args, ["seconds"], clips=(1, None), workers=(1, None), dark_share=(0, 1))
+
     cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds)
     summary = generate_dataset(args.out, cfg, workers=args.workers)
     print(f"wrote {summary['clips']} clips ({summary['dark']} low-light) to {args.out}")
@@ -126,6 +152,8 @@ def _run_evaluate(args) -> int:
     from dfew_mm.evaluate import evaluate, metrics_path_for
     from dfew_mm.metrics import format_metrics
 
+    _check_numbers(args, fold=(1, 5), batch_size=(1, None), workers=(0, None))
+
     result = evaluate(args.checkpoint, args.store, args.fold, args.split, args.modalities, args.darken, args.out,
                       dfew_root=args.dfew_root, splits_dir=args.splits_dir, allow_missing=args.allow_missing,
                       batch_size=args.batch_size, num_workers=args.workers, device=args.device)
@@ -153,6 +181,8 @@ def _run_predict(args) -> int:
 
     from dfew_mm.predict import format_result, predict_clips
 
+    _check_numbers(args, top=(1, None))
+
     results = predict_clips(args.clips, args.checkpoint, args.assets_dir, args.modalities, args.top)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -167,7 +197,7 @@ def _run_predict(args) -> int:
 
 # -- extract ---------------------------------------------------------------------------------
 def _add_extract(sub) -> None:
-    from dfew_mm.extract.options import FACE_MODELS, POSE_MODELS, ExtractOptions
+    from dfew_mm.extract.options import DEFAULT_CLIP_TIMEOUT_S, FACE_MODELS, POSE_MODELS, ExtractOptions
 
     defaults = ExtractOptions()
     p = _parser(sub, "extract", "Extract face crops, body pose, audio fbank and quality stats into a feature store.",
@@ -194,12 +224,18 @@ def _add_extract(sub) -> None:
     p.add_argument("--blendshapes", action=argparse.BooleanOptionalAction, default=defaults.blendshapes,
                    help="also store FaceLandmarker blendshapes (T, 52) (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="redo clips that are already extracted")
+    p.add_argument("--clip-timeout", type=float, default=DEFAULT_CLIP_TIMEOUT_S, metavar="S",
+                   help="seconds one clip may take; a worker that runs longer is stopped and the clip recorded "
+                        "as failed (default %(default)g)")
 
 
 def _run_extract(args) -> int:
+    from dfew_mm.constants import MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
     from dfew_mm.extract.options import ExtractOptions
     from dfew_mm.extract.run import list_clips, parse_shard, run_extraction, select_clips
 
+    _check_numbers(args, ["clip_timeout"], workers=(1, None), limit=(1, None), frames=(1, MAX_FRAMES),
+                   face_size=(MIN_FACE_SIZE, MAX_FACE_SIZE))
     try:
         shard = parse_shard(args.shard) if args.shard else None
         options = ExtractOptions(frames=args.frames, face_size=args.face_size, face_model=args.face_model,
@@ -213,7 +249,7 @@ def _run_extract(args) -> int:
         print(f"error: no clips selected from {args.dfew_root or args.clips_dir}", file=sys.stderr)
         return 2
     summary = run_extraction(clips, args.out, options, workers=args.workers, assets_dir=args.assets_dir,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, clip_timeout=args.clip_timeout)
     for line in summary.lines():
         print(line)
     print(f"manifest: {args.out / 'manifest.csv'}")
@@ -266,7 +302,8 @@ def _run_train(args) -> int:
     from dfew_mm.config import load_config
     from dfew_mm.train import train
 
-    extra = [f"data.fold={args.fold}"] if args.fold else []
+    _check_numbers(args, stop_after=(1, None))
+    extra = [f"data.fold={args.fold}"] if args.fold is not None else []
     if args.resume:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
@@ -322,6 +359,7 @@ def _add_embed(sub) -> None:
 def _run_embed(args) -> int:
     from dfew_mm.embed import build_cache
 
+    _check_numbers(args, batch_size=(1, None))
     out = build_cache(_experiment_config(args), args.out, batch_size=args.batch_size, device=args.device)
     print(f"embedding cache: {out}")
     return 0
@@ -385,6 +423,7 @@ def _run_demo(args) -> int:
 
     from dfew_mm.demo import run_demo
 
+    _check_numbers(args, clips=(1, None), epochs=(1, None), workers=(1, None))
     tic = time.perf_counter()
     result = run_demo(args.out, args.assets_dir, args.clips, args.epochs, args.workers, args.darken,
                       overrides=args.overrides)
@@ -456,11 +495,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][1](args)
     except DfewMMError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write the library does not wrap: still one line, not a traceback
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        from dfew_mm.files import write_error
+
+        message = str(write_error(Path(err.filename), err)) if err.filename else f"{err.strerror}"
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def one_line(message: str) -> str:
+    """An error raised in a DataLoader worker comes back wrapped with its traceback: keep its last line."""
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        message = re.sub(r"^[A-Za-z_][\w.]*: ", "", last.strip())
+    return message
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import subprocess
 import sys
@@ -23,8 +24,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MODALITIES
+from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE, MAX_FRAMES,
+                               MIN_FACE_SIZE, MODALITIES)
 from dfew_mm.errors import ConfigError
+from dfew_mm.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 SHIPPED_CONFIGS = "dfew_mm.configs"  # the top-level configs/ folder, shipped inside the package
@@ -263,6 +266,59 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"{cfg.model.audio.max_length}: raise model.audio.max_length or lower data.audio_frames")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be between 0 and 1")
+    _check_ranges(cfg)
+
+
+# key -> (lowest, highest, lowest excluded?) for numbers; every value must also be finite.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "data.frames": (1, MAX_FRAMES, False),
+    "data.face_size": (MIN_FACE_SIZE, MAX_FACE_SIZE, False),
+    "data.audio_frames": (1, MAX_AUDIO_FRAMES, False),
+    "data.num_workers": (0, 256, False),
+    "model.video.input_size": (0, 1024, False),
+    "model.pose.hidden": (1, 1 << 16, False),
+    "model.pose.layers": (1, 64, False),
+    "model.pose.dropout": (0.0, 1.0, False),
+    "model.audio.hidden_size": (1, 1 << 16, False),
+    "model.audio.num_layers": (1, 256, False),
+    "model.audio.num_heads": (1, 1024, False),
+    "model.audio.intermediate_size": (1, 1 << 18, False),
+    "model.audio.max_length": (1, MAX_AUDIO_FRAMES, False),
+    "model.audio.tokens_per_second": (0.0, 1000.0, True),
+    "model.fusion.dim": (1, 1 << 16, False),
+    "model.fusion.layers": (1, 256, False),
+    "model.fusion.heads": (1, 1024, False),
+    "model.fusion.dropout": (0.0, 1.0, False),
+    "model.fusion.arcface_margin": (0.0, math.pi / 2, False),
+    "model.fusion.arcface_scale": (0.0, 1e4, True),
+    "train.epochs": (1, 1 << 20, False),
+    "train.batch_size": (1, 1 << 20, False),
+    "train.lr": (0.0, 10.0, True),
+    "train.backbone_lr_scale": (0.0, 1e3, False),
+    "train.weight_decay": (0.0, 1e3, False),
+    "train.warmup_epochs": (0.0, 1 << 20, False),
+    "train.grad_accum": (1, 1 << 16, False),
+    "train.grad_clip": (0.0, 1e6, False),
+    "train.label_smoothing": (0.0, 1.0, False),
+    "train.modality_dropout": (0.0, 1.0, False),
+}
+
+
+def _check_ranges(cfg: ExperimentConfig) -> None:
+    """One-line errors for numbers outside what the pipeline can run with (and NaN or infinity)."""
+    for key, (low, high, open_low) in RANGES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not math.isfinite(value) or value < low or value > high or (open_low and value == low):
+            lower = f"above {low:g}" if open_low else f"at least {low:g}"
+            raise ConfigError(f"{key}={value!r} is out of range: it must be a number {lower} and at most {high:g}")
+    fusion, audio = cfg.model.fusion, cfg.model.audio
+    if fusion.dim % fusion.heads:
+        raise ConfigError(f"model.fusion.dim={fusion.dim} must be divisible by model.fusion.heads={fusion.heads}")
+    if not audio.pretrained and audio.hidden_size % audio.num_heads:
+        raise ConfigError(f"model.audio.hidden_size={audio.hidden_size} must be divisible by "
+                          f"model.audio.num_heads={audio.num_heads}")
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -303,8 +359,7 @@ def write_run_record(run_dir: str | Path, cfg: ExperimentConfig, argv: Sequence[
     import torch  # local: keeps `dfew_mm --help` fast
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     env = {
         "git_sha": git_sha(),
         "argv": list(argv) or sys.argv,
@@ -314,4 +369,4 @@ def write_run_record(run_dir: str | Path, cfg: ExperimentConfig, argv: Sequence[
         "gpus": torch.cuda.device_count(),
         "host": platform.node(),
     }
-    (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+    atomic_write_text(run_dir / "environment.json", json.dumps(env, indent=2) + "\n")

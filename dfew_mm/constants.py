@@ -19,6 +19,11 @@ AST_FBANK_STD = 4.5689974
 # Video sampling defaults.
 DEFAULT_FRAMES = 16  # frames sampled uniformly per clip
 DEFAULT_FACE_SIZE = 112  # px, square face crop side
+# Bounds: an extraction worker holds T decoded frames (a 1080p frame is 6.2 MB: 3.2 GB at T=512,
+# enough for every frame of most DFEW clips); a stored clip holds T face crops of S x S x 3 bytes.
+MAX_FRAMES = 512
+MIN_FACE_SIZE, MAX_FACE_SIZE = 8, 512  # px
+MAX_AUDIO_FRAMES = 8192  # filterbank frames fed to the model (10 ms each: 82 s)
 
 # Body pose: MediaPipe PoseLandmarker topology.
 N_POSE_LANDMARKS = 33

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -19,8 +20,9 @@ from dfew_mm.batch import collate
 from dfew_mm.config import ExperimentConfig
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import CACHED_MODALITIES, EmbeddingCache, cache_meta
-from dfew_mm.data.store import FeatureStore, atomic_write_bytes
-from dfew_mm.errors import ConfigError
+from dfew_mm.data.store import FeatureStore, check_zip_file
+from dfew_mm.errors import ConfigError, StoreError
+from dfew_mm.files import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from dfew_mm.device import resolve_device
 from dfew_mm.inference import run_inference
 from dfew_mm.models import ENCODERS, build_model
@@ -47,12 +49,18 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
         if cache.meta != meta:
             raise ConfigError(f"{out} holds embeddings made with other settings; choose another --out")
     store = FeatureStore(cfg.data.store)
+    usable = usable_store_clips(store, out, cfg.data.allow_missing)  # before any model is built
     model_cfg = dataclasses.replace(cfg.model, modalities=modalities)
     model = build_model(model_cfg)
     dev = resolve_device(device)
     encoders_path = out / "encoders.pt"
     if encoders_path.is_file():
-        for m, state in torch.load(encoders_path, map_location="cpu", weights_only=True).items():
+        try:
+            saved = torch.load(encoders_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated or damaged: the cached clips cannot be matched any more
+            raise StoreError(f"{encoders_path} cannot be read ({err}); the cache in {out} cannot be extended: "
+                             "embed into a new --out") from None
+        for m, state in saved.items():
             model.encoders[m].load_state_dict(state, strict=True)
     else:
         for m in modalities:
@@ -62,8 +70,9 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
     atomic_write_bytes(out / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
     model.to(dev).eval()
 
-    todo = [i for i in store.ok_ids() if not (out / "clips" / f"{i}.npz").is_file()]
-    log.info("embedding %d clips (%d already cached) with %s on %s", len(todo), len(store.ok_ids()) - len(todo),
+    remove_stale_temp_files([out, out / "clips"])
+    todo = [i for i in usable if check_zip_file(out / "clips" / f"{i}.npz")]  # missing or damaged
+    log.info("embedding %d clips (%d already cached) with %s on %s", len(todo), len(usable) - len(todo),
              ",".join(modalities), dev)
     dataset = ClipDataset(store, todo, np.zeros(len(todo), np.int64), cfg.data, modalities, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
@@ -83,3 +92,20 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
             clip = {k: (v[b].astype(np.float16) if k in ("video", "audio") else v[b]) for k, v in arrays.items()}
             atomic_write_bytes(out / "clips" / f"{clip_id}.npz", lambda f: np.savez(f, **clip))
     return out
+
+
+def usable_store_clips(store: FeatureStore, out: Path, allow_missing: bool) -> list[str]:
+    """The store's ok clips whose files can be read; the others stop the run with their list, or with
+    `allow_missing` are left out and listed in OUT/excluded_clips.csv."""
+    ids = store.ok_ids()
+    problems = {i: why for i, why in store.clip_problems(ids).items() if why}
+    if problems and not allow_missing:
+        raise store.unreadable_error(problems, "embed")
+    excluded = out / "excluded_clips.csv"
+    if problems:
+        frame = pd.DataFrame({"clip_id": list(problems), "split": "", "reason": list(problems.values())})
+        atomic_write_text(excluded, frame.to_csv(index=False))
+        log.warning("leaving out %d unreadable clips of %s (listed in %s)", len(problems), store.path, excluded)
+    else:
+        excluded.unlink(missing_ok=True)
+    return [i for i in ids if i not in problems]

@@ -19,3 +19,7 @@ class AssetError(DfewMMError):
 
 class StoreError(DfewMMError):
     """A feature store is missing, incomplete or does not match the request."""
+
+
+class WriteError(DfewMMError):
+    """A file could not be written (disk full, no permission); the previous complete file is kept."""

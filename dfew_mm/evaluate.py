@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dfew_mm.errors import ConfigError
+from dfew_mm.files import atomic_write_text  # a failed write leaves the previous file whole
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, metrics_path_for,  # noqa: F401
                                  modality_label, perturbation_label, prediction_frame, run_name)
@@ -139,16 +140,29 @@ def interval_settings(n_boot: int = N_BOOT, level: float = LEVEL) -> dict:
     return {"method": METHOD, "n_boot": n_boot, "level": level, "resampled": "clips, within each true class"}
 
 
-def select_clips(store, data_cfg, split: str, seed: int) -> pd.DataFrame:
+def select_clips(store, data_cfg, split: str, seed: int, excluded_csv: Path | None = None) -> pd.DataFrame:
     """The fold's `split` clips usable in the store, as a frame with str clip_id and label.
 
     Uses the training code's fold logic, so `val` is the same stratified share of the training
-    fold that training validated on (same seed), and missing clips are handled the same way.
+    fold that training validated on (same seed), and missing or unreadable clips are handled the
+    same way; with `data_cfg.allow_missing` the clips left out are written to `excluded_csv`.
     """
     from dfew_mm.data.splits import fold_splits
 
-    part = getattr(fold_splits(store, data_cfg, seed), split)
+    splits = fold_splits(store, data_cfg, seed)
+    if excluded_csv is not None and len(splits.excluded):
+        atomic_write_text(excluded_csv, splits.excluded.to_csv(index=False))
+        log.warning("%d clips of fold %d left out (listed in %s)", len(splits.excluded), data_cfg.fold, excluded_csv)
+    elif excluded_csv is not None:
+        Path(excluded_csv).unlink(missing_ok=True)  # from an earlier evaluation into the same file
+    part = getattr(splits, split)
     return pd.DataFrame({"clip_id": part.ids, "label": part.labels})
+
+
+def excluded_path_for(out_csv: str | Path) -> Path:
+    """preds/f1.csv -> preds/f1.excluded_clips.csv (not a predictions file: it has no metrics JSON)."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(f"{out_csv.stem}.excluded_clips.csv")
 
 
 def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequence[str], device,
@@ -203,7 +217,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
                     "data, so these numbers are not held out", cfg.data.fold, fold, split)
     cfg = replace(cfg, data=data_cfg)
     feature_store = FeatureStore(store)
-    clips = select_clips(feature_store, data_cfg, split, cfg.train.seed)
+    clips = select_clips(feature_store, data_cfg, split, cfg.train.seed, excluded_csv=excluded_path_for(out_csv))
     log.info("evaluating %s on fold %d %s (%d clips), modalities %s, darkening %s", checkpoint, fold,
              split, len(clips), modality_label(mods), strengths)
 
@@ -220,8 +234,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
                                        fold=fold, split=split))
     predictions = pd.concat(frames, ignore_index=True)
     out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(out_csv, index=False)
+    atomic_write_text(out_csv, predictions.to_csv(index=False))
 
     passes = metrics_by_pass(predictions)
     for p in passes:
@@ -229,5 +242,5 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     result = {"checkpoint": str(checkpoint), "store": str(Path(store).resolve()), "fold": fold, "split": split,
               "modalities": modality_label(mods), "darken": strengths, "predictions": out_csv.name,
               "epoch": meta.get("epoch"), "intervals": interval_settings(), "passes": passes}
-    metrics_path_for(out_csv).write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    atomic_write_text(metrics_path_for(out_csv), json.dumps(json_safe(result), indent=2) + "\n")
     return result

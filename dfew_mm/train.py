@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from dfew_mm.batch import batch_to, collate
-from dfew_mm.checkpoint import load_weights, model_config_diff, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dfew_mm.checkpoint import (load_weights, model_config_diff, read_checkpoint, remove_stale_checkpoint_temps,
+                                rng_state, save_checkpoint, set_rng_state)
 from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
 from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset
@@ -37,6 +38,7 @@ from dfew_mm.data.store import FeatureStore
 from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
 from dfew_mm.errors import ConfigError, DfewMMError
+from dfew_mm.files import atomic_write_text
 from dfew_mm.inference import Predictions, predict_logits
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.models import EmotionModel, build_model, load_pretrained
@@ -154,6 +156,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     if not resume and last_path.is_file():
         raise DfewMMError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
                           "or choose another train.out_dir")
+    if d.main and remove_stale_checkpoint_temps(run_dir):
+        log.info("removed temporary files of checkpoint saves that were killed in %s", run_dir)
     torch.manual_seed(cfg.train.seed + d.rank)
     np.random.seed(cfg.train.seed + d.rank)
     random.seed(cfg.train.seed + d.rank)
@@ -163,6 +167,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is not None:
         cache.check(cfg)
+        cache.verify([*splits.train.ids, *splits.val.ids, *splits.test.ids])
     train_set, train_loader, val_loader, test_loader = make_loaders(cfg, store, splits, d, cache)
     log.info("fold %d: %d train, %d val, %d test clips; modalities %s; device %s x%d", cfg.data.fold,
              len(splits.train.ids), len(splits.val.ids), len(splits.test.ids), ",".join(cfg.model.modalities),
@@ -207,7 +212,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     if d.main:
         write_run_record(run_dir, cfg)
         if len(splits.excluded):
-            splits.excluded.to_csv(run_dir / "excluded_clips.csv", index=False)
+            atomic_write_text(run_dir / "excluded_clips.csv", splits.excluded.to_csv(index=False))
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir / "tb"))
 
@@ -289,9 +294,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         results = {"last": {"epoch": end_epoch - 1, **last_metrics},
                    "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics}}
         if d.main:
-            (run_dir / "test_metrics.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
-            test_predictions(cfg, store, run_dir, {"best": best_preds, "last": last_preds}).to_csv(
-                run_dir / "test_predictions.csv", index=False)
+            atomic_write_text(run_dir / "test_metrics.json", json.dumps(json_safe(results), indent=2) + "\n")
+            atomic_write_text(run_dir / "test_predictions.csv", test_predictions(
+                cfg, store, run_dir, {"best": best_preds, "last": last_preds}).to_csv(index=False))
             log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
                      format_metrics(results["best"]), format_metrics(results["last"]))
         barrier(d)

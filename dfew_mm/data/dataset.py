@@ -16,7 +16,7 @@ from dfew_mm.batch import Sample
 from dfew_mm.config import DataConfig
 from dfew_mm.constants import MODALITIES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNELS
 from dfew_mm.data.embeddings import EmbeddingCache
-from dfew_mm.data.store import FeatureStore
+from dfew_mm.data.store import READ_ERRORS, FeatureStore
 from dfew_mm.errors import StoreError
 
 FaceTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -92,8 +92,8 @@ class ClipDataset(Dataset):
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {name: data[name] for name in wanted}
-        except (OSError, KeyError, ValueError) as err:
-            raise StoreError(f"cannot read clip {clip_id} from {path}: {err}; re-extract it") from err
+        except READ_ERRORS as err:  # damaged since the start-up check: name the clip and the repair
+            raise self.store.read_error(clip_id, err) from None
 
     def __getitem__(self, index: int) -> Sample:
         clip_id, cfg = self.ids[index], self.cfg

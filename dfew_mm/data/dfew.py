@@ -7,6 +7,8 @@ integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip.
 
 from __future__ import annotations
 
+import errno
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pandas as pd
 from dfew_mm.constants import CLASSES, NUM_CLASSES
 from dfew_mm.errors import DatasetError
 
+log = logging.getLogger(__name__)
 SPLIT_DIRNAME = "EmoLabel_DataSplit"
 TRAIN_DIR = "train(single-labeled)"
 TEST_DIR = "test(single-labeled)"
@@ -40,13 +43,42 @@ class Fold:
     test: pd.DataFrame
 
 
+def is_clip_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() rejects or reads otherwise."""
+    return text.isascii() and text.isdigit()
+
+
 def normalise_clip_id(raw: object, source: str) -> int:
     """'00042', '42', 42 and '42.mp4' all mean clip 42."""
     text = str(raw).strip()
     stem = Path(text).stem if Path(text).suffix.lower() in VIDEO_SUFFIXES else text
-    if not stem.isdigit():
+    if not is_clip_number(stem):
         raise DatasetError(f"{source}: clip name '{raw}' is not a DFEW clip number")
     return int(stem)
+
+
+def video_file_problem(path: Path) -> str:
+    """'' for a readable regular file (or a link to one), else why it is not a video to extract."""
+    try:
+        path.stat()
+    except OSError as err:
+        if path.is_symlink():
+            return "symlink loop" if err.errno == errno.ELOOP else "broken symlink"
+        return f"not readable ({err.strerror})"
+    if path.is_dir():
+        return "a directory"
+    if not path.is_file():
+        return "not a regular file"
+    return ""
+
+
+def warn_skipped(folder: Path, skipped: list[tuple[str, str]], shown: int = 10) -> None:
+    """One warning line naming the entries of a clip folder that were not taken as clips."""
+    if skipped:
+        names = ", ".join(f"{name} ({why})" for name, why in skipped[:shown])
+        more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        log.warning("%s: skipping %d entries that are not video files to extract: %s%s", folder, len(skipped),
+                    names, more)
 
 
 def read_split_csv(path: Path) -> pd.DataFrame:
@@ -115,12 +147,22 @@ def index_clip_files(clips_dir: Path) -> dict[int, Path]:
     if not clips_dir.is_dir():
         raise DatasetError(f"clip folder {clips_dir} does not exist\n{EXPECTED_LAYOUT}")
     index: dict[int, Path] = {}
+    skipped: list[tuple[str, str]] = []
     for path in sorted(clips_dir.iterdir()):
-        if path.suffix.lower() in VIDEO_SUFFIXES and path.stem.isdigit():
-            clip_id = int(path.stem)
-            if clip_id in index:
-                raise DatasetError(f"{clips_dir}: clip {clip_id} exists twice ({index[clip_id].name}, {path.name})")
-            index[clip_id] = path
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            continue
+        if not is_clip_number(path.stem):
+            skipped.append((path.name, "not named by a clip number"))
+            continue
+        problem = video_file_problem(path)
+        if problem:
+            skipped.append((path.name, problem))
+            continue
+        clip_id = int(path.stem)
+        if clip_id in index:
+            raise DatasetError(f"{clips_dir}: clip {clip_id} exists twice ({index[clip_id].name}, {path.name})")
+        index[clip_id] = path
+    warn_skipped(clips_dir, skipped)
     return index
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dfew_mm.config import ExperimentConfig
+from dfew_mm.data.store import READ_ERRORS, check_zip_file
 from dfew_mm.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,15 @@ class EmbeddingCache:
         if diff:
             raise ConfigError(f"embedding cache {self.path} was made with other settings: " + "; ".join(diff))
 
+    def verify(self, clip_ids: Sequence[str]) -> None:
+        """Stop with the full list if any of `clip_ids` is missing from the cache or unreadable."""
+        bad = {i: why for i in clip_ids if (why := check_zip_file(self.clip_path(i)))}
+        if bad:
+            shown = ", ".join(f"{i} ({why})" for i, why in list(bad.items())[:50])
+            more = f" and {len(bad) - 50} more" if len(bad) > 50 else ""
+            raise StoreError(f"embedding cache {self.path}: {len(bad)} clips cannot be read: {shown}{more}; run "
+                             "`dfew_mm embed` again with the same --out (it redoes missing and damaged clips)")
+
     def encoder_state(self) -> dict[str, dict[str, torch.Tensor]]:
         return torch.load(self.path / "encoders.pt", map_location="cpu", weights_only=True)
 
@@ -79,11 +89,15 @@ class EmbeddingCache:
             raise StoreError(f"clip {clip_id} is not in embedding cache {self.path}; run `dfew_mm embed` again "
                              "(it adds missing clips)")
         out = {}
-        with np.load(path, allow_pickle=False) as data:
-            if "video" in modalities:
-                out["video_emb"] = torch.from_numpy(data["video"].astype(np.float32))  # (T, D_v)
-            if "audio" in modalities:
-                out["audio_emb"] = torch.from_numpy(data["audio"].astype(np.float32))  # (T_a, D_a)
-                out["audio_emb_mask"] = torch.from_numpy(data["audio_mask"])
-                out["audio_emb_time"] = torch.from_numpy(data["audio_time"])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "video" in modalities:
+                    out["video_emb"] = torch.from_numpy(data["video"].astype(np.float32))  # (T, D_v)
+                if "audio" in modalities:
+                    out["audio_emb"] = torch.from_numpy(data["audio"].astype(np.float32))  # (T_a, D_a)
+                    out["audio_emb_mask"] = torch.from_numpy(data["audio_mask"])
+                    out["audio_emb_time"] = torch.from_numpy(data["audio_time"])
+        except READ_ERRORS as err:
+            raise StoreError(f"cannot read clip {clip_id} from embedding cache {path} ({type(err).__name__}: {err}); "
+                             "run `dfew_mm embed` again with the same --out (it redoes damaged clips)") from None
         return out

@@ -1,8 +1,11 @@
 """Fold lists -> the train/validation/test clip ids of one DFEW fold that a feature store can serve.
 
 The validation split is carved out of the training fold (stratified, seeded); the test fold is
-only used once training is complete. Clips missing from the store or failed in extraction stop
-the run unless `allow_missing` is set, in which case they are listed in `FoldSplits.excluded`.
+only used once training is complete. Every clip of the fold is checked before anything starts
+(a manifest row with status ok, a clip file of the recorded size whose zip directory reads).
+Clips missing from the store, failed in extraction or with unreadable files stop the run with
+the list and the repair, unless `allow_missing` is set, in which case they are listed in
+`FoldSplits.excluded`.
 """
 
 from __future__ import annotations
@@ -37,19 +40,23 @@ class FoldSplits:
     excluded: pd.DataFrame  # clip_id, split, reason: clips left out with allow_missing
 
 
+UNREADABLE = "unreadable"  # reason prefix of clips whose file is missing or damaged
+
+
 def _usable(store: FeatureStore, ids: Sequence[str]) -> dict[str, str]:
     """clip id -> reason it cannot be used ('' when usable)."""
     manifest = store.manifest.set_index("clip_id")
     reasons = {}
+    listed_ok = []
     for clip_id in ids:
         if clip_id not in manifest.index:
             reasons[clip_id] = "not extracted"
         elif manifest.at[clip_id, "status"] != "ok":
             reasons[clip_id] = f"extraction {manifest.at[clip_id, 'status']}: {manifest.at[clip_id, 'error']}"
-        elif clip_id not in store:
-            reasons[clip_id] = "record present but clip file missing"
         else:
-            reasons[clip_id] = ""
+            listed_ok.append(clip_id)
+    for clip_id, problem in store.clip_problems(listed_ok).items():
+        reasons[clip_id] = f"{UNREADABLE}: {problem}" if problem else ""
     return reasons
 
 
@@ -80,23 +87,29 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int) -> FoldSpl
     root = Path(data_cfg.dfew_root) if data_cfg.dfew_root else None
     splits_dir = Path(data_cfg.splits_dir) if data_cfg.splits_dir else None
     fold = load_fold(data_cfg.fold, root, splits_dir)
-    excluded, kept = [], {}
+    excluded, kept, stops = [], {}, []
     for name, frame in (("train", fold.train), ("test", fold.test)):
         ids = [str(int(i)) for i in frame.index]
         reasons = _usable(store, ids)
         bad = [i for i in ids if reasons[i]]
-        if bad and not data_cfg.allow_missing:
-            first = ", ".join(f"{i} ({reasons[i]})" for i in bad[:5])
-            raise StoreError(
-                f"{len(bad)} of {len(ids)} {name} clips of fold {fold.k} are not usable in feature store "
-                f"{store.path}: {first}{' ...' if len(bad) > 5 else ''}. Extract them, or pass "
-                "--allow-missing (data.allow_missing=true) to leave them out and record the list."
-            )
+        absent = [i for i in bad if not reasons[i].startswith(UNREADABLE)]
+        if absent:
+            first = ", ".join(f"{i} ({reasons[i]})" for i in absent[:5])
+            stops.append(f"{len(absent)} of {len(ids)} {name} clips of fold {fold.k} are not usable in feature store "
+                         f"{store.path}: {first}{' ...' if len(absent) > 5 else ''}")
         excluded += [{"clip_id": i, "split": name, "reason": reasons[i]} for i in bad]
         good = frame.loc[[int(i) for i in ids if not reasons[i]], "label"].to_numpy(dtype=np.int64)
         kept[name] = Split([i for i in ids if not reasons[i]], good)
+    unreadable = {e["clip_id"]: e["reason"][len(UNREADABLE) + 2:] for e in excluded
+                  if e["reason"].startswith(UNREADABLE)}
+    if (stops or unreadable) and not data_cfg.allow_missing:
+        if unreadable:
+            error = store.unreadable_error(unreadable, f"fold {fold.k}")
+            raise StoreError("; ".join(stops + [str(error)]) if stops else str(error))
+        raise StoreError("; ".join(stops) + ". Extract them, or pass --allow-missing (data.allow_missing=true) to "
+                         "leave them out and record the list.")
     if excluded:
-        log.warning("fold %d: leaving out %d clips missing from or failed in %s (first: %s)", fold.k,
+        log.warning("fold %d: leaving out %d clips missing from, failed in or unreadable in %s (first: %s)", fold.k,
                     len(excluded), store.path, ", ".join(e["clip_id"] for e in excluded[:5]))
     if not kept["train"].ids or not kept["test"].ids:
         raise StoreError(f"fold {fold.k}: no usable train or test clips in feature store {store.path}")

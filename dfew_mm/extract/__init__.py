@@ -2,5 +2,5 @@
 
 Modules: options (ExtractOptions, the settings), assets (MediaPipe model files), decode (decord,
 PyAV fallback), images, face, pose, audio, quality, blendshapes (optional), worker (one clip),
-run (listing, sharding, resume, processes).
+pool (supervised worker processes), run (listing, sharding, resume).
 """

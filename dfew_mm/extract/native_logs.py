@@ -3,6 +3,9 @@
 Their start-up chatter and per-file FFmpeg complaints go straight to file descriptor 2, so the
 Python logging level cannot stop them. Failures still surface: as Python exceptions and as the
 per-clip `error` in the manifest. With debug logging (`dfew_mm -v`) nothing is silenced.
+Extraction worker processes send the silenced output to a log file of their own instead of
+/dev/null (`set_native_log`), so that the last words of a worker that dies in native code (e.g.
+`std::bad_alloc`) can be quoted by the process that supervises it.
 """
 
 from __future__ import annotations
@@ -13,24 +16,31 @@ import os
 import sys
 
 log = logging.getLogger("dfew_mm.extract")
+_SINK = os.devnull  # where silenced native output goes in this process
+
+
+def set_native_log(path: str | os.PathLike | None) -> None:
+    """Send silenced native output to `path` (appended) instead of /dev/null; None restores /dev/null."""
+    global _SINK
+    _SINK = os.fspath(path) if path is not None else os.devnull
 
 
 @contextlib.contextmanager
 def native_stderr_silenced():
-    """Point file descriptor 2 at /dev/null for the duration, unless debug logging is on."""
+    """Point file descriptor 2 at /dev/null (or the native log) for the duration, unless debug logging is on."""
     if log.isEnabledFor(logging.DEBUG):
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    sink = os.open(_SINK, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.dup2(devnull, 2)
+        os.dup2(sink, 2)
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(devnull)
+        os.close(sink)
 
 
 def quiet_decoder_logs() -> None:

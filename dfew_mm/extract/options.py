@@ -8,9 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES
+from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
 
 FACE_MODELS = ("auto", "short_range", "full_range")  # auto: both, the better track per clip
+# A run setting, not a feature setting (not saved with the store): seconds one clip may take before
+# its worker process is stopped and the clip recorded as failed. A DFEW clip takes about 1 s per
+# core at T=16; the limit catches hangs, not slow clips.
+DEFAULT_CLIP_TIMEOUT_S = 300.0
 POSE_MODELS = ("full", "lite")
 
 
@@ -29,8 +33,17 @@ class ExtractOptions:
     pose_confidence: float = 0.5  # pose detection, presence and tracking threshold
 
     def __post_init__(self):
-        if self.frames < 1 or self.face_size < 8:
-            raise ValueError(f"frames must be >= 1 and face_size >= 8 (got {self.frames}, {self.face_size})")
+        if not 1 <= self.frames <= MAX_FRAMES:
+            raise ValueError(f"frames={self.frames}: choose 1..{MAX_FRAMES} frames per clip (each worker holds "
+                             "that many decoded frames: 3.2 GB at 512 frames of 1080p video)")
+        if not MIN_FACE_SIZE <= self.face_size <= MAX_FACE_SIZE:
+            raise ValueError(f"face_size={self.face_size}: choose {MIN_FACE_SIZE}..{MAX_FACE_SIZE} px")
+        if not 64 <= self.detect_max_side <= 4096:
+            raise ValueError(f"detect_max_side={self.detect_max_side}: choose 64..4096 px")
+        for name in ("face_margin", "face_confidence", "pose_confidence"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= (4.0 if name == "face_margin" else 1.0):
+                raise ValueError(f"{name}={value} is out of range")
         if self.face_model not in FACE_MODELS:
             raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
         if self.pose_model not in POSE_MODELS:

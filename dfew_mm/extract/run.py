@@ -2,29 +2,34 @@
 
 Each worker process holds one ClipExtractor (its own MediaPipe instances) and writes each clip's
 arrays and record atomically into the store, so a kill or Ctrl-C loses at most the clips in
-flight and a re-run resumes where it stopped. `--shard i/n` assigns clips by a hash of their id,
-so shards on many machines cover every clip exactly once, whatever order the files are listed in.
+flight and a re-run resumes where it stopped; a clip counts as finished only if its file is
+intact. Workers are supervised (dfew_mm.extract.pool): one that dies or hangs fails its clip,
+not the run. `--shard i/n` assigns clips by a hash of their id, so shards on many machines cover
+every clip exactly once, whatever order the files are listed in.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
-import signal
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from dfew_mm.data.dfew import CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, normalise_clip_id
-from dfew_mm.data.store import FeatureStore, atomic_write_bytes
-from dfew_mm.errors import DatasetError, StoreError
-from dfew_mm.extract.worker import ClipExtractor, ExtractOptions, resolve_models
+from dfew_mm.data.dfew import (CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, is_clip_number, normalise_clip_id,
+                               video_file_problem, warn_skipped)
+from dfew_mm.data.store import FeatureStore
+from dfew_mm.errors import DatasetError, StoreError, WriteError
+from dfew_mm.files import atomic_write_bytes, remove_stale_temp_files
+from dfew_mm.extract.assets import resolve_model
+from dfew_mm.extract.options import DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
+from dfew_mm.extract.pool import SupervisedPool
+from dfew_mm.extract.pool import limit_threads  # noqa: F401  (benchmarks use one core like a worker)
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +47,19 @@ def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None) -> 
     if not folder.is_dir():
         raise DatasetError(f"clip folder {folder} does not exist")
     clips: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-            if path.stem in clips:
-                raise DatasetError(f"{folder}: two videos share the id '{path.stem}' "
-                                   f"({clips[path.stem].name}, {path.name}); rename one")
-            clips[path.stem] = path
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            continue
+        problem = video_file_problem(path)
+        if problem:
+            skipped.append((path.name, problem))
+            continue
+        if path.stem in clips:
+            raise DatasetError(f"{folder}: two videos share the id '{path.stem}' "
+                               f"({clips[path.stem].name}, {path.name}); rename one")
+        clips[path.stem] = path
+    warn_skipped(folder, skipped)
     return clips
 
 
@@ -69,6 +81,8 @@ def in_shard(clip_id: str, index: int, count: int) -> bool:
 def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard: tuple[int, int] | None = None,
                  limit: int | None = None, dfew_ids: bool = False) -> list[tuple[str, Path]]:
     """Filter by --ids, then --shard, then --limit; in natural id order."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
     if ids:
         wanted = [str(normalise_clip_id(i, "--ids")) if dfew_ids else str(i) for i in ids]
         missing = [i for i in wanted if i not in clips]
@@ -77,7 +91,7 @@ def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard
                                f"(e.g. {', '.join(missing[:5])})")
         selected = list(dict.fromkeys(wanted))
     else:
-        selected = sorted(clips, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+        selected = sorted(clips, key=lambda s: (0, int(s), "") if is_clip_number(s) else (1, 0, s))
     if shard is not None:
         selected = [i for i in selected if in_shard(i, *shard)]
     if limit is not None:
@@ -91,7 +105,11 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
     path = store.path / SETTINGS_FILE
     current = options.to_dict()
     if path.is_file() and not overwrite:
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{path} cannot be read ({err}); if the store was extracted with the current "
+                             "settings, delete that file and re-run, else use --overwrite to redo all clips") from None
         diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if diff:
             shown = ", ".join(f"{k}: store {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -99,62 +117,6 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
                              "use another --out, the same settings, or --overwrite to redo all clips")
     payload = json.dumps(current, indent=2).encode()
     atomic_write_bytes(path, lambda f: f.write(payload))
-
-
-def remove_stale_temp_files(store: FeatureStore, clip_ids: Iterable[str]) -> int:
-    """Delete temporary files left by a killed run for the clips this run owns."""
-    removed = 0
-    for clip_id in clip_ids:
-        for folder, suffix in ((store.clips_dir, ".npz"), (store.records_dir, ".json")):
-            for tmp in folder.glob(f".{clip_id}{suffix}.*.tmp") if folder.is_dir() else ():
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-# -- worker processes ----------------------------------------------------------------------------
-_EXTRACTOR: ClipExtractor | None = None
-_STORE: FeatureStore | None = None
-
-
-def _init_worker(options: ExtractOptions, model_paths: dict[str, Path], store_path: Path, log_level: int) -> None:
-    global _EXTRACTOR, _STORE
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-                        datefmt="%H:%M:%S")  # spawned processes do not inherit the parent's logging setup
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
-    # pool.terminate() sends SIGTERM: raising unwinds atomic writes, which delete their temp file.
-    signal.signal(signal.SIGTERM, _raise_exit)
-    limit_threads()
-    _EXTRACTOR = ClipExtractor(options, model_paths)
-    _STORE = FeatureStore(store_path)
-
-
-def limit_threads() -> None:
-    """One core per worker process: no oversubscription from torch or OpenCV thread pools."""
-    import cv2
-    import torch
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
-def _raise_exit(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _process(item: tuple[str, Path]) -> dict:
-    clip_id, path = item
-    record, arrays = _EXTRACTOR.extract(clip_id, path)
-    try:
-        if arrays is not None:
-            _STORE.write_clip(clip_id, arrays)
-        else:
-            _STORE.clip_path(clip_id).unlink(missing_ok=True)  # a stale clip from an earlier run
-        _STORE.write_record(record)  # last: a record with status ok means the clip file is complete
-    except OSError as err:  # disk full, permissions: stop the run, finished clips stay valid
-        raise StoreError(f"cannot write clip {clip_id} into {_STORE.path}: {err}; fix this and re-run "
-                         "the same command to resume") from None
-    return record
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -200,16 +162,35 @@ class RunSummary:
         return self.ok + self.skipped > 0
 
 
+def resolve_models(options: ExtractOptions, assets_dir: str | Path | None) -> dict[str, Path]:
+    """Model key -> verified local file, downloading into the cache where needed (parent process)."""
+    return {key: resolve_model(key, assets_dir) for key in options.model_keys()}
+
+
 def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOptions = ExtractOptions(),
                    workers: int = 1, assets_dir: Path | None = None, overwrite: bool = False,
-                   progress: bool = True) -> RunSummary:
-    """Extract `clips` into the store at `out`, resuming unless `overwrite`; returns a summary."""
+                   progress: bool = True, clip_timeout: float = DEFAULT_CLIP_TIMEOUT_S) -> RunSummary:
+    """Extract `clips` into the store at `out`, resuming unless `overwrite`; returns a summary.
+
+    Each clip gets at most `clip_timeout` seconds; a clip whose worker dies or runs longer is
+    recorded as failed with the cause and the run goes on with a new worker.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1 (got {workers})")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create the feature store {out}: {err.strerror}") from None
     store = FeatureStore(out)
     check_settings(store, options, overwrite)
     model_paths = resolve_models(options, assets_dir)  # downloads happen here, once, not in workers
-    remove_stale_temp_files(store, (clip_id for clip_id, _ in clips))
+    removed, _ = remove_stale_temp_files(store.folders)  # only those of dead writers: runs may share a store
+    if removed:
+        log.info("removed %d temporary files left by killed runs in %s", len(removed), out)
+    stale = store.refresh_manifest()
+    if stale:
+        log.info("rebuilt %s: it disagreed with the records (%s)", store.manifest_path, stale)
 
     summary = RunSummary(total=len(clips))
     todo = clips if overwrite else [(i, p) for i, p in clips if not store.is_done(i)]
@@ -219,45 +200,32 @@ def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOpt
     start = time.perf_counter()
     # disable=None: a bar only on a terminal, never thousands of carriage returns in a log file
     bar = tqdm(total=len(todo), unit="clip", desc="extract", disable=None if progress else True, dynamic_ncols=True)
+    pool = SupervisedPool(workers, options, model_paths, out, clip_timeout)
+    records = pool.run(todo)
+    ok = False
     try:
-        for record in _records(todo, options, model_paths, out, workers):
+        for record in records:
             summary.add(record)
             bar.update(1)
             bar.set_postfix(ok=summary.ok, failed=summary.failed)
+        ok = True
     except KeyboardInterrupt:
-        summary.interrupted = True
+        summary.interrupted = ok = True
         log.warning("interrupted: finished clips are kept; re-run the same command to resume")
     finally:
+        records.close()  # stops the workers if the loop ended early
         bar.close()
         summary.elapsed_s = time.perf_counter() - start
-        store.rebuild_manifest()
+        _final_manifest(store, raise_errors=ok)
     return summary
 
 
-def _records(todo: list[tuple[str, Path]], options: ExtractOptions, model_paths: dict[str, Path],
-             out: Path, workers: int):
-    """Yield one record per clip as clips finish; in-process for one worker, else a process pool."""
-    if not todo:
-        return
-    workers = max(1, min(workers, len(todo)))
-    if workers == 1:
-        global _EXTRACTOR, _STORE
-        _EXTRACTOR, _STORE = ClipExtractor(options, model_paths), FeatureStore(out)
-        try:
-            for item in todo:
-                yield _process(item)
-        finally:
-            _EXTRACTOR.close()
-            _EXTRACTOR = _STORE = None
-        return
-    # spawn: MediaPipe and decord hold threads that do not survive fork safely.
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
-                                        initargs=(options, model_paths, out, logging.getLogger().getEffectiveLevel()))
+def _final_manifest(store: FeatureStore, raise_errors: bool) -> None:
+    """Rebuild manifest.csv at the end; when the run already failed, a second error must not hide the first."""
     try:
-        yield from pool.imap_unordered(_process, todo, chunksize=1)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+        store.rebuild_manifest()
+    except WriteError as err:
+        if raise_errors:
+            raise StoreError(f"{err}; the clips are extracted: re-run the same command once there is space, "
+                             "it rebuilds the manifest") from None
+        log.warning("could not rebuild the manifest either: %s", err)
