@@ -203,7 +203,8 @@ def _add_extract(sub) -> None:
     p = _parser(sub, "extract", "Extract face crops, body pose, audio fbank and quality stats into a feature store.",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --workers 8",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --shard 0/16   # one job of an array",
-                "dfew_mm extract --clips-dir my_videos --out my_features --assets-dir mediapipe_models")
+                "dfew_mm extract --clips-dir my_videos --out my_features --assets-dir mediapipe_models",
+                "dfew_mm extract --dfew-root /data/DFEW --out features_dark0.5 --split test --fold 1 --darken 0.5")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/<id>.mp4 (ids become '42')")
     src.add_argument("--clips-dir", type=Path, help="any folder of videos (ids are the file stems)")
@@ -215,6 +216,18 @@ def _add_extract(sub) -> None:
     p.add_argument("--ids", nargs="+", metavar="ID", help="only these clip ids")
     p.add_argument("--limit", type=int, help="at most this many clips (after --ids and --shard)")
     p.add_argument("--shard", help="i/n: this job's share of the clips (0 <= i < n), for job arrays")
+    p.add_argument("--split", choices=("train", "test"),
+                   help="only the clips of this split of --fold (DFEW split files; combines with --ids, --shard, "
+                        "--limit)")
+    p.add_argument("--fold", type=int, help="DFEW fold 1..5 of --split")
+    p.add_argument("--splits-dir", type=Path,
+                   help="folder with the DFEW split files for --split (default: under --dfew-root)")
+    p.add_argument("--darken", type=float, default=defaults.darken, metavar="S",
+                   help="scene-level low light, strength 0..1: darken the full decoded frames before face detection "
+                        "and pose (gain, gamma, sensor noise; dfew_mm.lowlight); write each strength to its own "
+                        "--out (default %(default)g = off)")
+    p.add_argument("--darken-seed", type=int, default=defaults.darken_seed,
+                   help="seed of the darkening noise, drawn per clip from (seed, clip id) (default %(default)s)")
     p.add_argument("--assets-dir", type=Path,
                    help="folder with the MediaPipe model files (else $DFEW_MM_ASSETS, else download to a cache)")
     p.add_argument("--pose-model", choices=POSE_MODELS, default=defaults.pose_model,
@@ -232,21 +245,33 @@ def _add_extract(sub) -> None:
 def _run_extract(args) -> int:
     from dfew_mm.constants import MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
     from dfew_mm.extract.options import ExtractOptions
-    from dfew_mm.extract.run import list_clips, parse_shard, run_extraction, select_clips
+    from dfew_mm.extract.run import list_clips, parse_shard, run_extraction, select_clips, split_clip_ids
+
+    from dfew_mm.errors import ConfigError
 
     _check_numbers(args, ["clip_timeout"], workers=(1, None), limit=(1, None), frames=(1, MAX_FRAMES),
-                   face_size=(MIN_FACE_SIZE, MAX_FACE_SIZE))
+                   face_size=(MIN_FACE_SIZE, MAX_FACE_SIZE), darken=(0, 1), fold=(1, 5))
+    if (args.split is None) != (args.fold is None):
+        raise ConfigError("--split and --fold go together, e.g. --split test --fold 1")
+    if args.split and args.dfew_root is None and args.splits_dir is None:
+        raise ConfigError("--split needs the DFEW split files: give --splits-dir (or use --dfew-root)")
     try:
         shard = parse_shard(args.shard) if args.shard else None
         options = ExtractOptions(frames=args.frames, face_size=args.face_size, face_model=args.face_model,
-                                 pose_model=args.pose_model, blendshapes=args.blendshapes)
+                                 pose_model=args.pose_model, blendshapes=args.blendshapes, darken=args.darken,
+                                 darken_seed=args.darken_seed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    split_ids, split_name = None, "the split"
+    if args.split:
+        split_ids = split_clip_ids(args.fold, args.split, args.dfew_root, args.splits_dir)
+        split_name = f"fold {args.fold}'s {args.split} split"
     clips = select_clips(list_clips(args.dfew_root, args.clips_dir), args.ids, shard, args.limit,
-                         dfew_ids=args.dfew_root is not None)
+                         dfew_ids=args.dfew_root is not None, split_ids=split_ids, split_name=split_name)
     if not clips:
-        print(f"error: no clips selected from {args.dfew_root or args.clips_dir}", file=sys.stderr)
+        where = f" in {split_name}" if args.split else ""
+        print(f"error: no clips selected from {args.dfew_root or args.clips_dir}{where}", file=sys.stderr)
         return 2
     summary = run_extraction(clips, args.out, options, workers=args.workers, assets_dir=args.assets_dir,
                              overwrite=args.overwrite, clip_timeout=args.clip_timeout)

@@ -54,6 +54,7 @@ CLIP_ARRAYS = {
 OPTIONAL_ARRAYS = {"blendshapes": ("float32", "(T, 52) FaceLandmarker blendshape scores")}
 # What reading a damaged npz raises (truncated, overwritten, bad CRC, bad array header).
 READ_ERRORS = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
+SETTINGS_FILE = "extract_settings.json"  # the extraction settings (dfew_mm.extract.options.ExtractOptions)
 REPAIR_HINT = ("re-run the extraction into this store (it redoes clips whose files are damaged), "
                "or only these clips with --ids")
 
@@ -158,6 +159,10 @@ class FeatureStore:
         return self.records_dir / f"{clip_id}.json"
 
     @property
+    def settings_path(self) -> Path:
+        return self.path / SETTINGS_FILE
+
+    @property
     def folders(self) -> tuple[Path, ...]:
         """Where the store writes files (for temporary-file clean-up)."""
         return self.path, self.clips_dir, self.records_dir
@@ -235,6 +240,43 @@ class FeatureStore:
         else:
             self._manifest = frame
         return stale
+
+    def settings(self) -> dict[str, Any] | None:
+        """The extraction settings saved with the store, or None for a store without them."""
+        try:
+            settings = json.loads(self.settings_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{self.settings_path} cannot be read ({err}); re-run the extraction that made "
+                             f"{self.path} to rewrite it") from None
+        if not isinstance(settings, dict):
+            raise StoreError(f"{self.settings_path} is not a JSON object of extraction settings")
+        return settings
+
+    def scene_darken(self) -> float:
+        """The scene-level darkening strength the store was extracted with (`--darken`; 0: none)."""
+        value = (self.settings() or {}).get("darken") or 0.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise StoreError(f"{self.settings_path}: darken={value!r} is not a strength in 0..1")
+        return float(value)
+
+    def array_shapes(self, clip_id: str | int) -> dict[str, tuple[int, ...]]:
+        """Array name -> shape in one clip file, from the array headers alone (no data is read)."""
+        path = self.clip_path(str(clip_id))
+        shapes = {}
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    if name.endswith(".npy"):
+                        with archive.open(name) as handle:
+                            version = np.lib.format.read_magic(handle)
+                            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                    else np.lib.format.read_array_header_2_0)
+                            shapes[name[:-4]] = tuple(read(handle)[0])
+        except READ_ERRORS as err:
+            raise self.read_error(str(clip_id), err) from None
+        return shapes
 
     def ok_ids(self) -> list[str]:
         m = self.manifest

@@ -10,6 +10,8 @@ from typing import Any
 
 from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
 
+# Settings added after stores were first written: what a saved settings file without them meant.
+ABSENT_SETTINGS = {"darken": 0.0, "darken_seed": 0}
 FACE_MODELS = ("auto", "short_range", "full_range")  # auto: both, the better track per clip
 # A run setting, not a feature setting (not saved with the store): seconds one clip may take before
 # its worker process is stopped and the clip recorded as failed. A DFEW clip takes about 1 s per
@@ -31,6 +33,10 @@ class ExtractOptions:
     detect_max_side: int = 640  # px, frames are downscaled to this before detection
     face_confidence: float = 0.4  # face detection score threshold (the track then drops strays)
     pose_confidence: float = 0.5  # pose detection, presence and tracking threshold
+    # Scene-level low light (dfew_mm.lowlight): strength 0..1 applied to the full decoded frames
+    # before detection (0 = off), with each clip's noise drawn from (darken_seed, clip id).
+    darken: float = 0.0
+    darken_seed: int = 0
 
     def __post_init__(self):
         if not 1 <= self.frames <= MAX_FRAMES:
@@ -44,6 +50,8 @@ class ExtractOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= (4.0 if name == "face_margin" else 1.0):
                 raise ValueError(f"{name}={value} is out of range")
+        if not 0.0 <= self.darken <= 1.0:  # also false for NaN
+            raise ValueError(f"darken={self.darken}: the darkening strength must be between 0 and 1 (0 = off)")
         if self.face_model not in FACE_MODELS:
             raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
         if self.pose_model not in POSE_MODELS:

@@ -23,17 +23,17 @@ from tqdm import tqdm
 
 from dfew_mm.data.dfew import (CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, is_clip_number, normalise_clip_id,
                                video_file_problem, warn_skipped)
-from dfew_mm.data.store import FeatureStore
+from dfew_mm.data.store import SETTINGS_FILE, FeatureStore
 from dfew_mm.errors import DatasetError, StoreError, WriteError
 from dfew_mm.files import atomic_write_bytes, remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
-from dfew_mm.extract.options import DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
+from dfew_mm.extract.options import ABSENT_SETTINGS, DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
 from dfew_mm.extract.pool import SupervisedPool
 from dfew_mm.extract.pool import limit_threads  # noqa: F401  (benchmarks use one core like a worker)
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = "extract_settings.json"
+SPLITS = ("train", "test")  # the DFEW split files of a fold (validation is carved out at training time)
 
 
 # -- which clips -------------------------------------------------------------------------------
@@ -78,9 +78,22 @@ def in_shard(clip_id: str, index: int, count: int) -> bool:
     return zlib.crc32(clip_id.encode()) % count == index
 
 
+def split_clip_ids(fold: int, split: str, dfew_root: Path | None = None,
+                   splits_dir: Path | None = None) -> list[str]:
+    """DFEW ids (str(int)) of one fold's `train` or `test` split, from the split files."""
+    from dfew_mm.data.dfew import load_fold
+
+    if split not in SPLITS:
+        raise DatasetError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    chosen = getattr(load_fold(fold, dfew_root, splits_dir), split)
+    return [str(int(i)) for i in chosen.index]
+
+
 def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard: tuple[int, int] | None = None,
-                 limit: int | None = None, dfew_ids: bool = False) -> list[tuple[str, Path]]:
-    """Filter by --ids, then --shard, then --limit; in natural id order."""
+                 limit: int | None = None, dfew_ids: bool = False, split_ids: Sequence[str] | None = None,
+                 split_name: str = "the split") -> list[tuple[str, Path]]:
+    """Filter by --ids, then by a fold's split (`split_ids`, DFEW ids), then --shard, then --limit; in
+    natural id order (the order of --ids when given)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (got {limit})")
     if ids:
@@ -92,11 +105,34 @@ def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard
         selected = list(dict.fromkeys(wanted))
     else:
         selected = sorted(clips, key=lambda s: (0, int(s), "") if is_clip_number(s) else (1, 0, s))
+    if split_ids is not None:
+        selected = _in_split(clips, selected, split_ids, split_name, from_ids=bool(ids))
     if shard is not None:
         selected = [i for i in selected if in_shard(i, *shard)]
     if limit is not None:
         selected = selected[:limit]
     return [(i, clips[i]) for i in selected]
+
+
+def _in_split(clips: dict[str, Path], selected: list[str], split_ids: Sequence[str], split_name: str,
+              from_ids: bool) -> list[str]:
+    """The `selected` clips whose DFEW number is in `split_ids` (video files named 42 or 00042 alike)."""
+    def number(clip_id: str) -> str | None:
+        return str(int(clip_id)) if is_clip_number(clip_id) else None
+
+    wanted = {str(i) for i in split_ids}
+    kept = [c for c in selected if number(c) in wanted]
+    if from_ids and len(kept) < len(selected):
+        outside = [c for c in selected if number(c) not in wanted]
+        log.warning("%d of the --ids clips are not in %s and are left out (e.g. %s)", len(outside), split_name,
+                    ", ".join(outside[:5]))
+    elif not from_ids:
+        have = {number(c) for c in clips}
+        absent = [i for i in split_ids if i not in have]
+        if absent:
+            log.warning("%d of the %d clips of %s have no video file (e.g. %s); extracting the %d that do",
+                        len(absent), len(split_ids), split_name, ", ".join(absent[:5]), len(split_ids) - len(absent))
+    return kept
 
 
 # -- settings stored with the features -----------------------------------------------------------
@@ -110,11 +146,15 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
         except (OSError, ValueError) as err:
             raise StoreError(f"{path} cannot be read ({err}); if the store was extracted with the current "
                              "settings, delete that file and re-run, else use --overwrite to redo all clips") from None
+        saved = {**ABSENT_SETTINGS, **saved}  # stores written before a setting existed used its neutral value
         diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if diff:
             shown = ", ".join(f"{k}: store {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise StoreError(f"{store.path} was extracted with other settings ({shown}); "
-                             "use another --out, the same settings, or --overwrite to redo all clips")
+            advice = "use another --out, the same settings, or --overwrite to redo all clips"
+            if "darken" in diff:  # darkening a store's clips again, or mixing two strengths in one store
+                advice = (f"each darkening strength needs its own store: use another --out for --darken "
+                          f"{options.darken:g} (or --overwrite to redo all clips)")
+            raise StoreError(f"{store.path} was extracted with other settings ({shown}); {advice}")
     payload = json.dumps(current, indent=2).encode()
     atomic_write_bytes(path, lambda f: f.write(payload))
 
@@ -184,6 +224,9 @@ def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOpt
         raise StoreError(f"cannot create the feature store {out}: {err.strerror}") from None
     store = FeatureStore(out)
     check_settings(store, options, overwrite)
+    if options.darken > 0:
+        log.info("scene-level low light: frames darkened at strength %g (noise seed %d) before detection",
+                 options.darken, options.darken_seed)
     model_paths = resolve_models(options, assets_dir)  # downloads happen here, once, not in workers
     removed, _ = remove_stale_temp_files(store.folders)  # only those of dead writers: runs may share a store
     if removed:

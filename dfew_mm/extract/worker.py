@@ -22,6 +22,7 @@ from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_lo
 from dfew_mm.extract.options import ExtractOptions
 from dfew_mm.extract.pose import PoseEstimator
 from dfew_mm.extract.quality import frame_luma, masked_mean_luma, rms_db
+from dfew_mm.lowlight import clip_rng, darken_frames
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ClipExtractor:
         start = time.perf_counter()
         record: dict[str, Any] = {"clip_id": clip_id, "status": "failed", "error": ""}
         try:
-            arrays, stats, notes = self._extract(path)
+            arrays, stats, notes = self._extract(path, clip_id)
         except DecodeError as err:
             record["error"] = str(err)
             arrays = None
@@ -71,10 +72,12 @@ class ClipExtractor:
         record["extract_s"] = round(time.perf_counter() - start, 3)
         return record, arrays
 
-    def _extract(self, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
+    def _extract(self, path: Path, clip_id: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
         opts = self.options
         with native_stderr_silenced():  # decord logs damaged files itself; the record keeps the reason
             clip = decode_clip(path, opts.frames)
+        if opts.darken > 0:  # scene-level low light: everything below sees the darkened frames
+            clip.frames = darken_frames(clip.frames, opts.darken, clip_rng(clip_id, opts.darken_seed))
         small = downscale(clip.frames, opts.detect_max_side)  # (T, h, w, 3)
         track = track_faces(self.faces, small)
         margin = opts.face_margin if track.mask.any() else 0.0  # the centre fallback crop stays in frame
