@@ -1,6 +1,9 @@
 """Evaluation of a trained checkpoint on a DFEW fold: predictions file, metrics, low-light perturbation.
 
-The predictions file and its metrics JSON are described in dfew_mm.predictions.
+The predictions file and its metrics JSON are described in dfew_mm.predictions. Low light comes two
+ways (dfew_mm.lowlight): `darken` strengths darken the stored face crops at evaluation time (crop
+level, a fast approximation), and a store extracted with `--darken S` holds clips whose frames were
+darkened before detection (scene level); its passes are labelled `scene:S`.
 """
 
 from __future__ import annotations
@@ -8,71 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from dfew_mm.errors import ConfigError
+from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.files import atomic_write_text  # a failed write leaves the previous file whole
+from dfew_mm.lowlight import Darken, darken  # noqa: F401  (the low-light model; also imported from here)
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, metrics_path_for,  # noqa: F401
-                                 modality_label, perturbation_label, prediction_frame, run_name)
+                                 modality_label, perturbation_kind, perturbation_label, prediction_frame,
+                                 run_name)
 from dfew_mm.stats import LEVEL, METHOD, N_BOOT, metric_intervals
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train")
-
-# -- low-light perturbation ----------------------------------------------------------------------
-# At strength 1 the perturbation roughly matches a dim indoor scene shot without extra light:
-# 10% exposure, shadows crushed by a gamma of 1.5, and 6-7 grey levels of sensor noise on a lit
-# skin tone (shot noise grows with the signal, read noise does not), close to the low-light clips
-# of the synthetic data set.
-MIN_GAIN = 0.10  # exposure gain at strength 1
-MAX_GAMMA = 1.5  # tone-curve exponent at strength 1 (> 1 darkens the mid-tones)
-SHOT_LEVELS_PER_ELECTRON = 2.0  # at strength 1: grey levels per photo-electron (shot-noise scale)
-READ_NOISE_LEVELS = 4.0  # at strength 1: read-noise std in grey levels
-
-
-def darken(faces: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Simulate low light on uint8 face crops (T, S, S, 3): gain and gamma, then sensor noise.
-
-    `strength` 0 returns the frames unchanged; 1 is a very dark, noisy capture. Shot noise is
-    Poisson in the number of photo-electrons (variance proportional to the signal), read noise is
-    Gaussian; both scale with the strength, because in a darker scene the camera amplifies the
-    sensor signal more, so each grey level stands for fewer photo-electrons.
-    """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"darkening strength {strength} must be between 0 and 1")
-    if faces.dtype != np.uint8:
-        raise TypeError(f"faces must be uint8, got {faces.dtype}")
-    if strength == 0.0:
-        return faces.copy()
-    gain = 1.0 - strength * (1.0 - MIN_GAIN)
-    gamma = 1.0 + strength * (MAX_GAMMA - 1.0)
-    levels = 255.0 * gain * (faces.astype(np.float32) / 255.0) ** gamma  # (T, S, S, 3) noise-free
-    per_electron = strength * SHOT_LEVELS_PER_ELECTRON
-    electrons = rng.poisson(levels / per_electron)
-    noisy = electrons * per_electron + rng.normal(0.0, strength * READ_NOISE_LEVELS, faces.shape)
-    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class Darken:
-    """`darken` at a fixed strength, in the dataset's `face_transform(faces, rng)` form (picklable)."""
-
-    strength: float
-
-    def __call__(self, faces: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return darken(faces, self.strength, rng)
-
-    @property
-    def label(self) -> str:
-        return perturbation_label(self.strength)
-
 
 def parse_darken(spec: str | float | Sequence[float] | None) -> list[float]:
     """'0.5' -> [0.5]; '0,0.25,0.5' -> three passes; '0:1:0.25' -> 0, 0.25, .., 1; None -> [0]."""
@@ -129,7 +86,7 @@ def metrics_by_pass(frame: pd.DataFrame, n_boot: int = N_BOOT, level: float = LE
         metrics = classification_metrics(y_true, y_pred)
         ci = metric_intervals(y_true, y_pred, n_boot=n_boot, level=level, seed=seed)
         passes.append({"run": run, "modalities": mods, "perturbation": pert,
-                       "darken": float(group["darken"].iloc[0]), **metrics,
+                       "darken": float(group["darken"].iloc[0]), "darken_kind": perturbation_kind(pert), **metrics,
                        "uar_ci": [ci["uar"]["low"], ci["uar"]["high"]],
                        "war_ci": [ci["war"]["low"], ci["war"]["high"]]})
     return passes
@@ -163,6 +120,77 @@ def excluded_path_for(out_csv: str | Path) -> Path:
     """preds/f1.csv -> preds/f1.excluded_clips.csv (not a predictions file: it has no metrics JSON)."""
     out_csv = Path(out_csv)
     return out_csv.with_name(f"{out_csv.stem}.excluded_clips.csv")
+
+
+# -- does the store serve the model? ---------------------------------------------------------------
+MODALITY_ARRAYS = {"video": ("faces", "face_mask"), "pose": ("pose", "pose_mask"), "audio": ("audio",)}
+# Settings that may differ between the training store and an evaluated store: the darkening is what
+# a darkened store is for; everything else changes what the model sees besides the light.
+DARKENING_SETTINGS = ("darken", "darken_seed")
+EXTRACT_FLAGS = {"frames": "--frames", "face_size": "--face-size", "face_model": "--face-model",
+                 "pose_model": "--pose-model"}
+
+
+def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(what the store lacks for the model, extraction flags that fix it), from one clip's array headers
+    and the extraction settings of this store and of the store the model was trained on."""
+    from dfew_mm.data.store import FeatureStore
+    from dfew_mm.extract.options import ABSENT_SETTINGS
+    from dfew_mm.models.backbones import speech_spec
+    from dfew_mm.models.fit import WAVEFORM_ARRAY
+
+    shapes = store.array_shapes(clip_id)
+    problems: list[str] = []
+    flags: dict[str, str] = {}
+    wanted = [name for m in modalities for name in MODALITY_ARRAYS[m]]
+    if "audio" in modalities and speech_spec(cfg.model.audio).input == "waveform":
+        wanted.append(WAVEFORM_ARRAY)
+    reference = None
+    trained_on = Path(cfg.data.store) if cfg.data.store else None
+    if trained_on is not None and trained_on.is_dir() and trained_on.resolve() != store.path.resolve():
+        reference = FeatureStore(trained_on)
+        reference_ids = reference.ok_ids()
+        if reference_ids:  # arrays the training store has (e.g. blendshapes) are arrays the model may read
+            wanted += [n for n in reference.array_shapes(reference_ids[0]) if n not in wanted]
+    missing = [n for n in wanted if n not in shapes]
+    if missing:
+        problems.append(f"no {', '.join(missing)} array{'s' if len(missing) > 1 else ''} in its clip files")
+        if "blendshapes" in missing:
+            flags["blendshapes"] = "--blendshapes"
+    size = cfg.data.face_size
+    if "video" in modalities and "faces" in shapes and tuple(shapes["faces"][1:3]) != (size, size):
+        problems.append(f"faces of {shapes['faces'][1]} px where the model reads {size} px (data.face_size)")
+        flags["face_size"] = f"--face-size {size}"
+    ours = store.settings()
+    theirs = reference.settings() if reference is not None else None
+    if ours is not None and theirs is not None:
+        ours, theirs = {**ABSENT_SETTINGS, **ours}, {**ABSENT_SETTINGS, **theirs}
+        for key in sorted(set(ours) | set(theirs)):
+            if key in DARKENING_SETTINGS or ours.get(key) == theirs.get(key):
+                continue
+            if key == "blendshapes" and not theirs.get(key):
+                continue  # blendshapes this store has and the training store had not are never read
+            problems.append(f"{key} {ours.get(key)!r} where the training store {trained_on} has {theirs.get(key)!r}")
+            value = theirs.get(key)
+            flags[key] = (f"{EXTRACT_FLAGS[key]} {value}" if key in EXTRACT_FLAGS
+                          else "--blendshapes" if key == "blendshapes" else f"{key}={value!r}")
+    elif ours is not None and "frames" in ours and ours["frames"] != cfg.data.frames:
+        log.warning("%s holds %s frames per clip and the model reads %d (data.frames); the training store's "
+                    "settings are not available to check that it saw the same", store.path, ours["frames"],
+                    cfg.data.frames)
+    return problems, list(flags.values())
+
+
+def check_store_serves(cfg, store, clip_id: str, modalities: Sequence[str], checkpoint: str | Path) -> None:
+    """StoreError (one line) naming what the store lacks for the model and how to re-extract it."""
+    problems, flags = store_gaps(cfg, store, clip_id, modalities)
+    if not problems:
+        return
+    scene = store.scene_darken()
+    command = ["python preprocess/extract.py --dfew-root ROOT --out NEW_STORE", *flags,
+               *([f"--darken {scene:g}"] if scene else []), "[--split test --fold K]"]
+    raise StoreError(f"feature store {store.path} does not serve the model of {checkpoint}: {'; '.join(problems)}. "
+                     f"Re-extract it with the settings of the training store: `{' '.join(command)}`")
 
 
 def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequence[str], device,
@@ -215,20 +243,32 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     if fold != cfg.data.fold:
         log.warning("the checkpoint was trained on fold %d: clips of fold %d's %s split were in its training "
                     "data, so these numbers are not held out", cfg.data.fold, fold, split)
-    cfg = replace(cfg, data=data_cfg)
     feature_store = FeatureStore(store)
+    scene = feature_store.scene_darken()
+    if scene > 0 and any(strengths):
+        raise ConfigError(
+            f"feature store {store} was darkened at extraction (scene level, --darken {scene:g} in "
+            f"extract_settings.json); --darken {','.join(f'{v:g}' for v in strengths)} would darken its faces a "
+            "second time. Evaluate it without --darken, or use --darken on the undarkened store")
+    trained_store = cfg.data.store
+    cfg = replace(cfg, data=data_cfg)
     clips = select_clips(feature_store, data_cfg, split, cfg.train.seed, excluded_csv=excluded_path_for(out_csv))
-    log.info("evaluating %s on fold %d %s (%d clips), modalities %s, darkening %s", checkpoint, fold,
-             split, len(clips), modality_label(mods), strengths)
+    check_store_serves(replace(cfg, data=replace(data_cfg, store=trained_store)), feature_store,
+                     str(clips["clip_id"].iloc[0]), mods, checkpoint)
+    kind = "scene" if scene > 0 else "crop"
+    log.info("evaluating %s on fold %d %s (%d clips), modalities %s, %s", checkpoint, fold, split, len(clips),
+             modality_label(mods), f"scene-level darkening {scene:g} (store)" if scene else f"darkening {strengths}")
 
     frames = []
     for strength in strengths:
         transform = Darken(strength) if strength > 0 else None
+        label = perturbation_label(scene or strength, kind)
         probs = predict_store_clips(model, cfg, feature_store, clips, mods, device, transform, batch_size,
-                                    num_workers, seed, desc=perturbation_label(strength))
+                                    num_workers, seed, desc=label)
         frames.append(prediction_frame(clips["clip_id"], clips["label"].to_numpy(), probs,
                                        feature_store.manifest, modalities=modality_label(mods),
-                                       perturbation=perturbation_label(strength), darken=strength,
+                                       perturbation=label, darken=scene or strength,
+                                       darken_kind="none" if label == "none" else kind,
                                        run=run_name(checkpoint),
                                        trained_modalities=modality_label(cfg.model.modalities),
                                        fold=fold, split=split))
@@ -240,7 +280,8 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     for p in passes:
         log.info("%s %s: %s", p["modalities"], p["perturbation"], format_metrics(p))
     result = {"checkpoint": str(checkpoint), "store": str(Path(store).resolve()), "fold": fold, "split": split,
-              "modalities": modality_label(mods), "darken": strengths, "predictions": out_csv.name,
+              "modalities": modality_label(mods), "darken": strengths, "scene_darken": scene,
+              "predictions": out_csv.name,
               "epoch": meta.get("epoch"), "intervals": interval_settings(), "passes": passes}
     atomic_write_text(metrics_path_for(out_csv), json.dumps(json_safe(result), indent=2) + "\n")
     return result

@@ -48,7 +48,9 @@ def extraction_options(cfg):
     if settings is not None and settings.is_file():
         saved = json.loads(settings.read_text())
         names = {f.name for f in fields(ExtractOptions)}
-        return ExtractOptions(**{k: v for k, v in saved.items() if k in names})
+        if saved.get("darken"):  # a simulation for experiments: real clips are predicted as they are
+            log.info("the training store was darkened at extraction (--darken %g); new clips are not", saved["darken"])
+        return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k != "darken"})
     log.info("training store settings not found (%s); extracting with defaults, %d frames, %d px faces",
              settings, cfg.data.frames, cfg.data.face_size)
     return ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size)

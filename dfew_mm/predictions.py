@@ -6,6 +6,19 @@ modalities the model was allowed to use, the perturbation applied, the run, and 
 columns of the feature store manifest, so that the notebook can slice results by brightness
 without opening the store again. A metrics JSON with the same stem sits beside it
 (`preds.csv` -> `preds.metrics.json`).
+
+The perturbation of a pass (dfew_mm.lowlight), in three columns that always agree:
+
+    kind    what was darkened                                     perturbation   darken  darken_kind
+    none    nothing                                               none           0       none
+    crop    the stored face crops, at evaluation (--darken S)     darken:S       S       crop
+    scene   the full frames before detection, at extraction       scene:S        S       scene
+            (the store was extracted with --darken S)
+
+Crop level is a fast approximation that leaves detection, boxes and pose untouched; scene level
+re-runs detection on dark frames, so its quality columns (face_rate, pose_rate, luma) are those of
+the darkened frames. Files written before `darken_kind` existed hold only `none` and crop-level
+passes; `upgrade_predictions` adds the column when they are read.
 """
 
 from __future__ import annotations
@@ -22,18 +35,42 @@ PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
 QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
 PREDICTION_COLUMNS = (
     ("clip_id", "label", "pred", "correct") + PROB_COLUMNS
-    + ("label_name", "pred_name", "modalities", "perturbation", "darken", "run", "trained_modalities",
-       "fold", "split")
+    + ("label_name", "pred_name", "modalities", "perturbation", "darken", "darken_kind", "run",
+       "trained_modalities", "fold", "split")
     + QUALITY_COLUMNS
 )
+DARKEN_KINDS = ("none", "crop", "scene")
+_PREFIX = {"crop": "darken", "scene": "scene"}  # perturbation label prefix of each darkening kind
 
 
 def modality_label(modalities: Sequence[str]) -> str:
     return "+".join(m for m in MODALITIES if m in modalities)
 
 
-def perturbation_label(strength: float) -> str:
-    return "none" if strength == 0 else f"darken:{strength:g}"
+def perturbation_label(strength: float, kind: str = "crop") -> str:
+    """0 -> 'none'; crop level -> 'darken:0.5' (the label older files use); scene level -> 'scene:0.5'."""
+    if kind not in _PREFIX:
+        raise ValueError(f"darkening kind {kind!r}: choose {', '.join(_PREFIX)}")
+    return "none" if strength == 0 else f"{_PREFIX[kind]}:{strength:g}"
+
+
+def perturbation_kind(label: str) -> str:
+    """'none' -> 'none', 'darken:0.5' -> 'crop', 'scene:0.5' -> 'scene'."""
+    prefix = str(label).split(":", 1)[0]
+    kinds = {"none": "none", **{p: k for k, p in _PREFIX.items()}}
+    if prefix not in kinds:
+        raise ValueError(f"perturbation {label!r} is none, darken:S or scene:S")
+    return kinds[prefix]
+
+
+def upgrade_predictions(frame: pd.DataFrame) -> pd.DataFrame:
+    """A predictions frame read from a file, with columns added since it was written (`darken_kind`)."""
+    if "darken_kind" not in frame.columns and "perturbation" in frame.columns:
+        frame = frame.copy()
+        after = "darken" if "darken" in frame.columns else "perturbation"
+        frame.insert(int(frame.columns.get_loc(after)) + 1, "darken_kind",
+                     [perturbation_kind(p) for p in frame["perturbation"]])
+    return frame
 
 
 def run_name(checkpoint: str | Path) -> str:
@@ -60,6 +97,8 @@ def prediction_frame(clip_ids: Sequence[str], labels: np.ndarray, probs: np.ndar
     frame["pred_name"] = [CLASSES[i] for i in frame["pred"]]
     for key, value in constants.items():
         frame[key] = value
+    if "perturbation" in constants and "darken_kind" not in constants:
+        frame["darken_kind"] = perturbation_kind(constants["perturbation"])
     quality = manifest.set_index("clip_id")[list(QUALITY_COLUMNS)]
     frame = frame.join(quality, on="clip_id")
     extra = [c for c in frame.columns if c not in PREDICTION_COLUMNS]  # e.g. `checkpoint`, after the contract
