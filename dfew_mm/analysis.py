@@ -5,7 +5,14 @@ more runs, folds, modality subsets and darkening strengths. A *system* is a mode
 evaluated with a modality subset, labelled by that subset ("video", "video+pose", ...); the folds of
 a cross-validation pool into one system. Brightness of a clip is the mean luma of its face crops (`face_luma_mean`);
 for clips where no face was found it falls back to the whole-frame `luma_mean`, because those are
-often the darkest clips and dropping them would hide the hardest cases.
+often the darkest clips and dropping them would hide the hardest cases. It is the clip's *natural*
+brightness: taken from passes that read the original store (`none` and crop-level passes), never
+from a scene-darkened store, whose quality columns describe the darkened frames.
+
+Darkening comes in two kinds (`darken_kind`, see dfew_mm.predictions): `scene` passes read a store
+whose frames were darkened before detection; `crop` passes darkened the stored face crops at
+evaluation time (an approximation that leaves detection untouched). Curves of the two kinds are
+kept apart everywhere (`darkening_curves`, `detection_rates`, the figures).
 """
 
 from __future__ import annotations
@@ -20,12 +27,17 @@ import pandas as pd
 
 from dfew_mm.constants import CLASSES, DARK_FACE_LUMA, MODALITIES
 from dfew_mm.errors import DfewMMError
-from dfew_mm.predictions import PREDICTION_COLUMNS, metrics_path_for
+from dfew_mm.predictions import PREDICTION_COLUMNS, metrics_path_for, upgrade_predictions
 from dfew_mm.metrics import classification_metrics
-from dfew_mm.stats import format_interval, mcnemar, metric_intervals, paired_difference, proportion_interval
+from dfew_mm.stats import (format_interval, mcnemar, mean_interval, metric_intervals, paired_difference,
+                           proportion_interval)
 
 log = logging.getLogger(__name__)
 NATURAL = "none"  # perturbation label of the unperturbed pass
+KINDS = ("scene", "crop")  # darkening kinds, the faithful one first
+KIND_NAMES = {"scene": "scene level (frames darkened before detection)",
+              "crop": "crop level (stored face crops darkened; approximation)", "none": "no darkening"}
+KIND_LINES = {"scene": "-", "crop": "--", "none": "-"}
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -38,7 +50,7 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
                           "`dfew_mm evaluate ... --out {folder}/NAME.csv`")
     frames = []
     for path in files:
-        frame = pd.read_csv(path, dtype={"clip_id": str})
+        frame = upgrade_predictions(pd.read_csv(path, dtype={"clip_id": str}))
         missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
         if missing:
             raise DfewMMError(f"{path} lacks prediction columns {missing}; re-run `dfew_mm evaluate`")
@@ -51,9 +63,23 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
         log.warning("%d rows repeat a (system, perturbation, fold, clip) of another file; keeping the last "
                     "file's (%s)", int(repeated.sum()), ", ".join(sorted(data.loc[repeated, "source"].unique())))
         data = data[~repeated].reset_index(drop=True)
-    data["brightness"] = data["face_luma_mean"].fillna(data["luma_mean"])
+    data["brightness"] = natural_brightness(data)
     log.info("loaded %d rows from %d prediction files", len(data), len(files))
     return data
+
+
+def natural_brightness(data: pd.DataFrame) -> pd.Series:
+    """Per row, its clip's brightness in the original store: face luma, else frame luma, from the
+    rows that did not read a scene-darkened store; NaN for clips evaluated only on darkened stores."""
+    original = data[data["darken_kind"] != "scene"]
+    per_clip = original["face_luma_mean"].fillna(original["luma_mean"]).groupby(original["clip_id"]).first()
+    brightness = data["clip_id"].map(per_clip)
+    unknown = data.loc[brightness.isna() & (data["darken_kind"] == "scene"), "clip_id"].unique()
+    if len(unknown):
+        log.warning("%d clips were evaluated only on scene-darkened stores, so their natural brightness is unknown "
+                    "and they are left out of the brightness tables (e.g. %s); evaluate the original store too",
+                    len(unknown), ", ".join(unknown[:5]))
+    return brightness
 
 
 def _system_labels(data: pd.DataFrame) -> pd.Series:
@@ -77,12 +103,18 @@ def systems_in_order(data: pd.DataFrame) -> list[str]:
     return sorted(data["system"].unique(), key=key)
 
 
-def store_paths(folder: str | Path) -> list[Path]:
-    """Feature stores named in the metrics files beside the predictions (for the crop grid)."""
+def store_paths(folder: str | Path, scene_darken: float | None = 0.0) -> list[Path]:
+    """Feature stores named in the metrics files beside the predictions (for the crop grids): by
+    default the original ones; `scene_darken` S > 0 those darkened at scene level with strength S,
+    None all of them."""
     stores = []
     for path in sorted(Path(folder).rglob("*.metrics.json")):
-        named = json.loads(path.read_text()).get("store") or ""
+        saved = json.loads(path.read_text())
+        named = saved.get("store") or ""
         store = Path(named)
+        strength = float(saved.get("scene_darken") or 0.0)
+        if scene_darken is not None and not np.isclose(strength, scene_darken):
+            continue
         if named and store.is_dir() and store not in stores:  # Path("") would be the working directory
             stores.append(store)
     return stores
@@ -121,7 +153,7 @@ def brightness_bins(data: pd.DataFrame, n_bins: int = 4) -> pd.DataFrame:
 
 def low_light_clips(data: pd.DataFrame, quantile: float = 0.25) -> list[str]:
     """Clip ids in the darkest `quantile` of brightness (at least one clip): relative to these clips."""
-    clips = data.drop_duplicates("clip_id").set_index("clip_id")["brightness"].sort_values(kind="stable")
+    clips = data.drop_duplicates("clip_id").set_index("clip_id")["brightness"].dropna().sort_values(kind="stable")
     return clips.index[: max(1, int(round(quantile * len(clips))))].tolist()
 
 
@@ -145,9 +177,80 @@ def low_light_selection(data: pd.DataFrame, dark_luma: float = DARK_FACE_LUMA,
     return low_light_clips(data, quantile), f"the darkest {quantile:.0%}, as no clip has face luma below {dark_luma:g}"
 
 
-def darkening_curves(data: pd.DataFrame) -> pd.DataFrame:
-    """UAR and WAR with intervals against darkening strength per system."""
-    return _score_table(data, ["system", "darken"])
+def darkening_kinds(data: pd.DataFrame) -> list[str]:
+    """The darkening kinds with passes in `data`, scene level first."""
+    return [k for k in KINDS if (data["darken_kind"] == k).any()]
+
+
+def _same_clips(rows: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows of the (fold, clip) pairs that every pass (perturbation) of their `by` group predicted, so
+    that the points of a curve differ by the darkening only."""
+    by = list(by)
+    seen = rows.groupby(by + ["fold", "clip_id"])["perturbation"].transform("nunique")
+    passes = rows.groupby(by)["perturbation"].transform("nunique") if by else rows["perturbation"].nunique()
+    return rows[seen == passes]
+
+
+def _by_kind(data: pd.DataFrame, kind: str | None) -> list[tuple[str, pd.DataFrame]]:
+    """(kind, its passes plus the unperturbed one) for `kind` or every kind present; ('none', the
+    unperturbed rows) when nothing was darkened."""
+    kinds = [kind] if kind is not None else darkening_kinds(data)
+    if not kinds:
+        return [("none", data[data["darken_kind"] == "none"])]
+    return [(k, data[data["darken_kind"].isin(("none", k))]) for k in kinds if (data["darken_kind"] == k).any()]
+
+
+def darkening_curves(data: pd.DataFrame, kind: str | None = None) -> pd.DataFrame:
+    """UAR and WAR with intervals against darkening strength, per darkening kind and system.
+
+    `kind` 'scene', 'crop' or None (every kind present, in the `kind` column). The unperturbed pass is
+    the strength-0 point of each kind's curves, and each curve keeps the clips all its passes
+    predicted. Without darkened passes: the unperturbed point alone (kind 'none').
+    """
+    parts = [_score_table(_same_clips(rows, ["system"]), ["system", "darken"]).assign(kind=k)
+             for k, rows in _by_kind(data, kind) if len(rows)]
+    if not parts:
+        return pd.DataFrame(columns=["kind", "system", "darken", *INTERVAL_COLUMNS])
+    table = pd.concat(parts, ignore_index=True)
+    return table[["kind", "system", "darken", *INTERVAL_COLUMNS]]
+
+
+RATE_COLUMNS = ("face_rate", "pose_rate")
+
+
+def detection_rates(data: pd.DataFrame, kind: str | None = None) -> pd.DataFrame:
+    """Mean face and pose detection rates of the evaluated clips per darkening kind and strength, with
+    95% intervals (Bayesian bootstrap over clips), and the mean frame and face luma of the store read.
+
+    The rates come from the manifest of the store each pass read: for `scene` passes the darkened
+    store, where detection ran on the dark frames (the evidence that it fails there); for `crop`
+    passes the original store, so they stay flat (what that approximation leaves out). Columns: kind,
+    darken, perturbation, n, face_rate(_low, _high), pose_rate(_low, _high), luma_mean, face_luma_mean.
+    """
+    out = []
+    for k, rows in _by_kind(data, kind):
+        clips = _same_clips(rows.drop_duplicates(["perturbation", "fold", "clip_id"]))
+        for (strength, pert), group in clips.groupby(["darken", "perturbation"], sort=True):
+            row = {"kind": k, "darken": strength, "perturbation": pert, "n": len(group)}
+            for column in RATE_COLUMNS:
+                ci = mean_interval(group[column].to_numpy(dtype=float))
+                row.update({column: ci["value"], f"{column}_low": ci["low"], f"{column}_high": ci["high"]})
+            row.update(luma_mean=group["luma_mean"].mean(), face_luma_mean=group["face_luma_mean"].mean())
+            out.append(row)
+    columns = ["kind", "darken", "perturbation", "n", *[f"{c}{e}" for c in RATE_COLUMNS for e in ("", "_low", "_high")],
+               "luma_mean", "face_luma_mean"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def strongest_passes(data: pd.DataFrame, system: str | None = None) -> dict[str, str]:
+    """Darkening kind -> perturbation label of its strongest pass (of `system` if given), scene first."""
+    rows = data if system is None else data[data["system"] == system]
+    out = {}
+    for kind in KINDS:
+        part = rows[rows["darken_kind"] == kind]
+        if len(part):
+            out[kind] = part.loc[part["darken"].idxmax(), "perturbation"]
+    return out
 
 
 def subset_scores(data: pd.DataFrame, low_light: Sequence[str] | None = None, perturbation: str = NATURAL,
@@ -339,6 +442,17 @@ def dark_examples(data: pd.DataFrame, system: str, n: int = 12) -> pd.DataFrame:
         ["clip_id", "brightness", "label_name", "pred_name", "correct"]].reset_index(drop=True)
 
 
+def pass_examples(data: pd.DataFrame, examples: pd.DataFrame, perturbation: str, system: str) -> pd.DataFrame:
+    """The clips of `examples` (from `dark_examples`) as `system` predicted them in another pass, e.g. on
+    a scene-darkened store; `brightness` stays the natural one. Clips the pass lacks are left out."""
+    rows = data[(data["perturbation"] == perturbation) & (data["system"] == system)]
+    rows = rows.drop_duplicates("clip_id").set_index("clip_id")
+    kept = examples[examples["clip_id"].isin(rows.index)]
+    out = rows.loc[kept["clip_id"], ["label_name", "pred_name", "correct"]].reset_index()
+    out.insert(1, "brightness", kept["brightness"].to_numpy())
+    return out
+
+
 def face_crop(store, clip_id: str) -> np.ndarray:
     """A representative face crop (S, S, 3) of a clip: the middle frame among those with a face."""
     arrays = store[clip_id]
@@ -379,22 +493,77 @@ def plot_brightness_bins(table: pd.DataFrame, dark_luma: float | None = DARK_FAC
     return fig
 
 
+def _kind_legend(ax, kinds: Sequence[str], **kwargs) -> None:
+    """A legend of line styles: which darkening kind each line shows."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="black", linestyle=KIND_LINES[k], marker="o" if k != "crop" else "s",
+                      label=KIND_NAMES[k]) for k in kinds]
+    ax.legend(handles=handles, title="darkening", fontsize=8, **kwargs)
+
+
 def plot_darkening(curves: pd.DataFrame):
+    """Darkening curves from `darkening_curves`: one colour per system, solid lines for scene-level
+    darkening (detection re-run on dark frames), dashed for crop-level (the approximation)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    kinds = [k for k in (*KINDS, "none") if (curves["kind"] == k).any()]
+    order = systems_in_order(curves) if len(curves) else []
+    colours = {s: f"C{i % 10}" for i, s in enumerate(order)}
     for ax, metric in zip(axes, ("uar", "war")):
-        for system in systems_in_order(curves):
-            part = curves[curves["system"] == system].sort_values("darken")
-            line, = ax.plot(part["darken"], 100 * part[metric], marker="o", label=system)
-            ax.fill_between(part["darken"], 100 * part[f"{metric}_low"], 100 * part[f"{metric}_high"],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
+        for kind in kinds:
+            for system in order:
+                part = curves[(curves["kind"] == kind) & (curves["system"] == system)].sort_values("darken")
+                if not len(part):
+                    continue
+                ax.plot(part["darken"], 100 * part[metric], color=colours[system], linestyle=KIND_LINES[kind],
+                        marker="s" if kind == "crop" else "o", label=system)
+                ax.fill_between(part["darken"], 100 * part[f"{metric}_low"], 100 * part[f"{metric}_high"],
+                                color=colours[system], alpha=0.12 if kind != "crop" else 0.06, linewidth=0)
         ax.set_xlabel("darkening strength (0 = original frames)")
         ax.set_ylabel(f"{metric.upper()} (%), band = 95% CI")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{metric.upper()} under synthetic low light")
-    axes[1].legend(title="modalities", fontsize=8)
+        ax.set_title(f"{metric.upper()} under simulated low light")
+    if order:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colours[s], label=s) for s in order]
+        axes[1].legend(handles=handles, title="modalities", fontsize=8, loc="lower left")
+        _kind_legend(axes[0], kinds, loc="lower left")
+    fig.suptitle("solid: scene level (frames darkened before detection)   dashed: crop level "
+                 "(stored face crops darkened; fast approximation)" if len(kinds) > 1 else
+                 f"darkening: {KIND_NAMES[kinds[0]]}" if kinds else "no darkening", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+
+def plot_detection_rates(rates: pd.DataFrame):
+    """Face and pose detection rates against darkening strength from `detection_rates`, per kind
+    (solid: scene level, dashed: crop level, which reads the original detections), 95% CI bands."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    kinds = [k for k in (*KINDS, "none") if (rates["kind"] == k).any()]
+    for ax, column, title in zip(axes, RATE_COLUMNS, ("face detection rate", "pose detection rate")):
+        for kind in kinds:
+            part = rates[rates["kind"] == kind].sort_values("darken")
+            ax.plot(part["darken"], 100 * part[column], color="C0" if kind != "crop" else "C7",
+                    linestyle=KIND_LINES[kind], marker="s" if kind == "crop" else "o")
+            ax.fill_between(part["darken"], 100 * part[f"{column}_low"], 100 * part[f"{column}_high"],
+                            color="C0" if kind != "crop" else "C7", alpha=0.15, linewidth=0)
+            for x, y, n in zip(part["darken"], 100 * part[column], part["n"]):
+                if kind != "crop" or kind == kinds[0]:  # the shared strength-0 point is labelled once
+                    ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7,
+                                ha="center")
+        ax.set_xlabel("darkening strength (0 = original frames)")
+        ax.set_ylabel("sampled frames with a detection (%), band = 95% CI")
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3)
+        ax.set_title(title)
+    if kinds:
+        _kind_legend(axes[0], kinds, loc="lower left")
     fig.tight_layout()
     return fig
 

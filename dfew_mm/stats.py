@@ -146,6 +146,26 @@ def proportion_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, fl
     return low, high
 
 
+def mean_interval(values: Sequence[float], *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+    """Mean of per-clip values (e.g. detection rates) with a Bayesian-bootstrap interval over clips:
+    Dirichlet(1, ..., 1) clip weights (Rubin 1981), the resampling of the metric intervals without
+    class strata or prior. NaN values are left out. Returns {"value", "low", "high", "n"}."""
+    _check(n_boot, level)
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"value": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // x.size)  # resamples per step: at most 2 million weights in memory
+    means = []
+    for start in range(0, n_boot, chunk):
+        weights = rng.standard_exponential((min(chunk, n_boot - start), x.size))  # normalised: Dirichlet(1)
+        means.append(weights @ x / weights.sum(axis=1))
+    value = float(x.mean())
+    low, high = _interval(np.concatenate(means), value, level)
+    return {"value": value, "low": low, "high": high, "n": int(x.size)}
+
+
 def format_interval(value: float, low: float, high: float, scale: float = 100.0, digits: int = 1) -> str:
     """'58.3 [41.2, 70.0]' (percent by default); 'nan' when undefined."""
     if any(x is None or math.isnan(x) for x in (value, low, high)):

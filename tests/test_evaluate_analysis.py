@@ -11,6 +11,7 @@ import pytest
 from dfew_mm import analysis
 from dfew_mm.errors import DfewMMError
 from dfew_mm.evaluate import metrics_path_for, prediction_frame
+from _predictions import write_both_kinds
 
 IDS = [str(i) for i in range(1, 9)]
 LABELS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
@@ -166,3 +167,75 @@ def test_low_light_selection_and_figures(predictions, tmp_path):
     }
     for name, fig in figures.items():
         assert analysis.save_figure(fig, tmp_path, name).stat().st_size > 5000
+
+
+# -- the two kinds of darkening -----------------------------------------------------------------------
+@pytest.fixture
+def both_kinds(tmp_path):
+    return write_both_kinds(tmp_path)
+
+
+def test_prediction_rows_say_which_darkening(both_kinds):
+    data = analysis.load_predictions(both_kinds)
+    kinds = data.groupby("perturbation")[["darken_kind", "darken"]].first()
+    assert kinds.loc["none"].tolist() == ["none", 0.0]
+    assert kinds.loc["darken:1"].tolist() == ["crop", 1.0] and kinds.loc["scene:1"].tolist() == ["scene", 1.0]
+    assert analysis.darkening_kinds(data) == ["scene", "crop"]
+    assert analysis.strongest_passes(data, "video") == {"scene": "scene:1", "crop": "darken:1"}
+    # natural brightness comes from the original store, not from the darkened frames
+    scene = data[(data["darken_kind"] == "scene") & (data["system"] == "video")].set_index("clip_id")
+    assert scene.loc["2", "face_luma_mean"] == 2.5 and scene.loc["2", "brightness"] == 25
+    assert analysis.dark_clips(data) == ["1", "2", "3", "4"]
+
+
+def test_old_prediction_files_still_load(predictions):
+    for path in predictions.glob("*.csv"):  # files written before the darken_kind column
+        if not path.name.endswith("excluded_clips.csv"):
+            pd.read_csv(path).drop(columns="darken_kind").to_csv(path, index=False)
+    data = analysis.load_predictions(predictions)
+    assert set(zip(data["perturbation"], data["darken_kind"])) == {("none", "none"), ("darken:1", "crop")}
+    assert analysis.darkening_curves(data)["kind"].unique().tolist() == ["crop"]
+
+
+def test_curves_and_detection_rates_per_kind(both_kinds, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    data = analysis.load_predictions(both_kinds)
+    curves = analysis.darkening_curves(data).set_index(["kind", "system", "darken"])
+    assert curves.loc[("scene", "video", 1.0), "war"] == 0 and curves.loc[("crop", "video", 1.0), "war"] == 1
+    assert curves.loc[("scene", "video+pose+audio", 1.0), "war"] == 1
+    assert curves.loc[("scene", "video", 0.0), "n"] == curves.loc[("crop", "video", 0.0), "n"] == 8  # shared origin
+    only_crop = analysis.darkening_curves(data, "crop")
+    assert set(only_crop["kind"]) == {"crop"} and len(only_crop) == 4
+    cells = analysis.with_intervals(analysis.darkening_curves(data), "system", ["kind", "darken"])
+    assert cells.loc["video", ("scene", 1.0)].startswith("0.0 [")
+
+    rates = analysis.detection_rates(data).set_index(["kind", "darken"])
+    assert rates.loc[("scene", 0.0), "face_rate"] == 1 and rates.loc[("scene", 1.0), "face_rate"] == pytest.approx(0.5625)
+    assert rates.loc[("scene", 1.0), "pose_rate"] == 0.25 and rates.loc[("crop", 1.0), "pose_rate"] == 1
+    assert rates.loc[("scene", 1.0), "n"] == 8  # clips, not rows of every system
+    low, high = rates.loc[("scene", 1.0), ["face_rate_low", "face_rate_high"]]
+    assert 0.2 < low < 0.5625 < high < 0.9
+
+    for name, fig in (("curves", analysis.plot_darkening(analysis.darkening_curves(data))),
+                      ("rates", analysis.plot_detection_rates(analysis.detection_rates(data)))):
+        assert analysis.save_figure(fig, tmp_path / "figures", name).stat().st_size > 5000
+    assert "scene level" in fig.axes[0].get_legend().get_texts()[0].get_text()
+
+
+def test_curves_keep_the_clips_every_pass_predicted(both_kinds):
+    data = analysis.load_predictions(both_kinds)
+    data = data[~((data["darken_kind"] == "scene") & (data["clip_id"] == "8"))]  # one clip missing in the dark store
+    curves = analysis.darkening_curves(data, "scene").set_index(["system", "darken"])
+    assert curves.loc[("video", 0.0), "n"] == curves.loc[("video", 1.0), "n"] == 7
+    assert analysis.darkening_curves(data, "crop")["n"].tolist() == [8] * 4
+
+
+def test_scene_darkened_clips_without_an_original_pass(both_kinds, caplog):
+    for path in both_kinds.iterdir():  # keep only the passes on the scene-darkened store
+        if "scene" not in path.name:
+            path.unlink()
+    data = analysis.load_predictions(both_kinds)
+    assert data.loc[data["darken_kind"] == "scene", "brightness"].isna().all()
+    assert "natural brightness is unknown" in caplog.text

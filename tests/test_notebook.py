@@ -55,3 +55,31 @@ def test_report_command(demo_run, tmp_path, capsys):
     assert str(html) in capsys.readouterr().out
     assert html.stat().st_size > 10_000 and "Traceback" not in html.read_text()
     assert len(list((tmp_path / "figures").glob("*.png"))) >= 4
+
+
+@pytest.mark.parametrize("kinds", [("crop", "scene"), ("scene",), ()], ids=["both", "scene", "neither"])
+def test_notebook_runs_with_either_kind_of_darkening(tmp_path, kinds):
+    """Hand-made predictions: both kinds of darkening, scene level alone, no darkening; with stores
+    (an original and a scene-darkened one) for the crop grids."""
+    import json
+
+    from _predictions import write_both_kinds
+    from _train_stores import make_store
+    from dfew_mm.extract.options import ExtractOptions
+
+    _, store = make_store(tmp_path / "original", clips=8, frames=4, face=32)
+    _, dark_store = make_store(tmp_path / "dark", clips=8, frames=4, face=32, seed=1)
+    settings = ExtractOptions(frames=4, face_size=32, darken=1.0).to_dict()
+    (dark_store / "extract_settings.json").write_text(json.dumps(settings))
+    (tmp_path / "preds").mkdir()
+    folder = write_both_kinds(tmp_path / "preds", store, dark_store, kinds)
+    notebook, html = execute_notebook(folder, tmp_path / "report")
+    nb = nbformat.read(notebook, as_version=4)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    figures = {p.stem for p in (tmp_path / "report" / "figures").glob("*.png")}
+    assert {"darkening_curves", "detection_rates", "dark_face_crops"} <= figures
+    assert ("dark_face_crops_scene" in figures) == ("scene" in kinds)
+    text = html.read_text()
+    for kind in ("scene", "crop"):
+        assert (f"strongest {kind}-level darkening ({'scene' if kind == 'scene' else 'darken'}:1)" in text) == (
+            kind in kinds)
