@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -161,3 +162,96 @@ def test_predict_real_clip_and_unreadable_file(trained_run, clips_dir, assets_di
     assert good["quality"]["face_rate"] > 0  # a real face was found and used
     assert not bad["ok"] and "broken.mp4" in bad["error"]
     assert not missing["ok"] and "does not exist" in missing["error"]
+
+
+# -- scene-darkened stores ---------------------------------------------------------------------------
+def _scene_store(trained_run, tmp_path, strength: float = 0.5, **settings) -> Path:
+    """A copy of the training store standing for one extracted with --darken `strength`."""
+    import shutil
+
+    from dfew_mm.extract.options import ExtractOptions
+
+    store = tmp_path / f"dark{strength:g}"
+    shutil.copytree(trained_run["store"], store)
+    options = ExtractOptions(frames=6, face_size=32, darken=strength, **settings).to_dict()
+    (store / "extract_settings.json").write_text(json.dumps(options))
+    return store
+
+
+def test_evaluate_labels_scene_darkened_stores(trained_run, tmp_path):
+    from dfew_mm.predictions import DARKEN_KINDS
+
+    store = _scene_store(trained_run, tmp_path, 0.5)
+    out_csv = tmp_path / "scene.csv"
+    result = evaluate(trained_run["run"] / "best.pt", store, out_csv=out_csv)
+    frame = pd.read_csv(out_csv, dtype={"clip_id": str})
+    assert list(frame.columns) == list(PREDICTION_COLUMNS)
+    assert set(zip(frame["perturbation"], frame["darken"], frame["darken_kind"])) == {("scene:0.5", 0.5, "scene")}
+    assert result["scene_darken"] == 0.5 and [p["darken_kind"] for p in result["passes"]] == ["scene"]
+    assert json.loads(metrics_path_for(out_csv).read_text())["passes"][0]["perturbation"] == "scene:0.5"
+    # crop-level passes on the original store keep their labels
+    evaluate(trained_run["run"] / "best.pt", trained_run["store"], darken="0,0.5", out_csv=tmp_path / "crop.csv")
+    crop = pd.read_csv(tmp_path / "crop.csv")
+    assert set(zip(crop["perturbation"], crop["darken_kind"])) == {("none", "none"), ("darken:0.5", "crop")}
+    assert set(frame["darken_kind"]) | set(crop["darken_kind"]) == set(DARKEN_KINDS)
+
+
+def test_darkening_a_scene_darkened_store_again_is_refused(trained_run, tmp_path, capsys):
+    from dfew_mm.cli import main
+
+    store = _scene_store(trained_run, tmp_path, 1.0)
+    out = tmp_path / "twice.csv"
+    code = main(["evaluate", "--checkpoint", str(trained_run["run"] / "best.pt"), "--store", str(store),
+                 "--darken", "0,0.5", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "darkened at extraction (scene level, --darken 1" in err and "a second time" in err
+    assert not out.exists()
+
+
+def test_a_store_that_lacks_what_the_model_reads_stops_before_predicting(trained_run, tmp_path, capsys):
+    from _train_stores import make_store
+    from dfew_mm.cli import main
+
+    _, small = make_store(tmp_path / "small", clips=30, frames=6, face=16, audio=110)  # 16 px faces, model: 32
+    (small / "extract_settings.json").write_text(json.dumps({"frames": 6, "face_size": 16, "darken": 0.5}))
+    out = tmp_path / "small.csv"
+    code = main(["evaluate", "--checkpoint", str(trained_run["run"] / "best.pt"), "--store", str(small),
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "faces of 16 px where the model reads 32 px" in err and "--face-size 32 --darken 0.5" in err
+    assert not out.exists()
+
+
+def test_store_gaps_against_the_training_store(trained_run, tmp_path):
+    """A model trained on a store with blendshapes and 6 frames; a darkened store without them, at 8."""
+    import dataclasses
+
+    import numpy as np
+
+    from dfew_mm.checkpoint import load_checkpoint
+    from dfew_mm.data.store import FeatureStore
+    from dfew_mm.evaluate import store_gaps
+
+    cfg = load_checkpoint(trained_run["run"] / "best.pt")[1]
+    training = _scene_store(trained_run, tmp_path / "a", 0.0, blendshapes=True)
+    for path in (training / "clips").glob("*.npz"):  # the training store's clips hold blendshapes
+        arrays = dict(np.load(path))
+        np.savez(path, **arrays, blendshapes=np.zeros((6, 52), np.float32))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, store=str(training)))
+    dark = _scene_store(trained_run, tmp_path / "b", 0.5)
+    settings = json.loads((dark / "extract_settings.json").read_text())
+    (dark / "extract_settings.json").write_text(json.dumps({**settings, "frames": 8}))
+    store = FeatureStore(dark)
+    problems, flags = store_gaps(cfg, store, store.ok_ids()[0], ["video", "audio"])
+    text = "; ".join(problems)
+    assert "no blendshapes array" in text and "frames 8 where the training store" in text, text
+    assert set(flags) == {"--blendshapes", "--frames 6"}
+    # a darkened copy of the training store (same settings and arrays otherwise): nothing lacks
+    import shutil
+
+    same = shutil.copytree(training, tmp_path / "c")
+    settings = json.loads((same / "extract_settings.json").read_text())
+    (same / "extract_settings.json").write_text(json.dumps({**settings, "darken": 0.75, "darken_seed": 3}))
+    assert store_gaps(cfg, FeatureStore(same), "1", ["video", "audio"]) == ([], [])

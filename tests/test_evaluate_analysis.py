@@ -212,7 +212,8 @@ def test_curves_and_detection_rates_per_kind(both_kinds, tmp_path):
     assert cells.loc["video", ("scene", 1.0)].startswith("0.0 [")
 
     rates = analysis.detection_rates(data).set_index(["kind", "darken"])
-    assert rates.loc[("scene", 0.0), "face_rate"] == 1 and rates.loc[("scene", 1.0), "face_rate"] == pytest.approx(0.5625)
+    assert rates.loc[("scene", 0.0), "face_rate"] == 1
+    assert rates.loc[("scene", 1.0), "face_rate"] == pytest.approx(0.5625)
     assert rates.loc[("scene", 1.0), "pose_rate"] == 0.25 and rates.loc[("crop", 1.0), "pose_rate"] == 1
     assert rates.loc[("scene", 1.0), "n"] == 8  # clips, not rows of every system
     low, high = rates.loc[("scene", 1.0), ["face_rate_low", "face_rate_high"]]

@@ -389,3 +389,124 @@ def test_blendshapes_option(tmp_path, clips_dir, assets_dir):
     scores = arrays["blendshapes"]
     assert scores.shape == (4, 52) and scores.dtype == np.float32
     assert scores[arrays["face_mask"]].max() > 0.1 and (scores >= 0).all() and (scores <= 1).all()
+
+
+# -- scene-level low light: frames darkened before detection ---------------------------------------
+@pytest.fixture(scope="module")
+def dark_samples(tmp_path_factory, clips_dir, assets_dir):
+    """The seven DFEW samples extracted with --darken 1 (same ids and settings as `mixed_store` otherwise)."""
+    root = tmp_path_factory.mktemp("dark")
+    folder = root / "videos"
+    folder.mkdir()
+    for name in DFEW_SAMPLES:
+        (folder / f"{name}.mp4").symlink_to(clips_dir / "dfew_samples" / f"{name}.mp4")
+    out = root / "features_dark1"
+    code = main(["extract", "--clips-dir", str(folder), "--out", str(out), "--darken", "1", "--workers", "2",
+                 "--assets-dir", str(assets_dir), "--no-progress"])
+    assert code == 0
+    return folder, FeatureStore(out)
+
+
+def test_scene_darkening_makes_detection_fail_on_dfew_samples(mixed_store, dark_samples):
+    """Strength 1 against 0 on the real DFEW samples: fewer faces and bodies found, and crops, boxes and
+    keypoints that come from detection on the darkened frames (not the lit crops darkened afterwards)."""
+    _, lit, lit_manifest = mixed_store
+    _, dark = dark_samples
+    ids = list(DFEW_SAMPLES)
+    before, after = lit_manifest.loc[ids], dark.manifest.set_index("clip_id").loc[ids]
+    assert (after["status"] == "ok").all()
+    assert after["face_rate"].mean() < before["face_rate"].mean() - 0.1, (before["face_rate"], after["face_rate"])
+    assert after["pose_rate"].mean() < before["pose_rate"].mean() - 0.1, (before["pose_rate"], after["pose_rate"])
+    assert dark.settings()["darken"] == 1.0 and dark.scene_darken() == 1.0
+    assert (after["luma_mean"] < 0.2 * before["luma_mean"]).all()  # the whole frame went dark
+
+    boxes_moved = keypoints_moved = masks_differ = 0
+    for clip_id in ids:
+        a, b = lit[clip_id], dark[clip_id]
+        assert np.array_equal(a["frame_index"], b["frame_index"]) and np.array_equal(a["audio"], b["audio"])
+        assert (b["luma"] < 0.2 * a["luma"] + 1).all()
+        found = b["face_mask"]
+        if found.any():  # crops cut from dark frames
+            assert b["faces"][found].mean() < 0.25 * a["faces"][a["face_mask"]].mean() + 2
+        both = a["face_mask"] & b["face_mask"]
+        boxes_moved += bool(both.any() and np.abs(a["face_boxes"][both] - b["face_boxes"][both]).max() > 1e-3)
+        masks_differ += not np.array_equal(a["face_mask"], b["face_mask"])
+        bodies = a["pose_mask"] & b["pose_mask"]
+        keypoints_moved += bool(bodies.any() and np.abs(a["pose"][bodies] - b["pose"][bodies]).max() > 1e-3)
+        assert (b["pose"][~b["pose_mask"]] == 0).all()
+    # Detection ran again: where a face is still found its box differs, and some frames lose it.
+    assert boxes_moved >= 3 and masks_differ >= 2 and keypoints_moved >= 1
+
+
+def test_scene_darkening_is_reproducible(clips_dir, assets_dir):
+    from dfew_mm.extract.options import ExtractOptions
+    from dfew_mm.extract.worker import ClipExtractor, resolve_models
+
+    path = clips_dir / "dfew_samples" / "disgust.mp4"
+    runs = {}
+    for seed in (0, 0, 1):
+        options = ExtractOptions(frames=4, darken=0.5, darken_seed=seed)
+        extractor = ClipExtractor(options, resolve_models(options, assets_dir))
+        try:
+            runs.setdefault(seed, []).append(extractor.extract("disgust", path)[1])
+        finally:
+            extractor.close()
+    (a, b), (c,) = runs[0], runs[1]
+    for name in ("faces", "face_boxes", "face_mask", "pose", "luma"):
+        assert np.array_equal(a[name], b[name]), name
+    assert not np.array_equal(a["faces"], c["faces"]) and not np.array_equal(a["luma"], c["luma"])
+
+
+def test_darkening_settings_and_bad_input(dark_samples, assets_dir, tmp_path, capsys):
+    folder, dark = dark_samples
+    args = ["extract", "--clips-dir", str(folder), "--assets-dir", str(assets_dir), "--no-progress"]
+    # A store darkened once is not darkened again, nor mixed with another strength or with lit clips.
+    for strength in ("0.5", "0"):
+        capsys.readouterr()
+        assert main([*args, "--out", str(dark.path), "--darken", strength]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "darken: store 1.0 vs now" in err and "its own store" in err, err
+    for bad in ("1.5", "-0.25", "nan"):
+        assert main([*args, "--out", str(tmp_path / "x"), "--darken", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: --darken {float(bad):g}: must be 0..1", err
+    assert main([*args, "--out", str(tmp_path / "x"), "--split", "test"]) == 2
+    assert "--split and --fold go together" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x"), "--split", "test", "--fold", "1"]) == 2
+    assert "--splits-dir" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_stores_without_darkening_settings_resume(tmp_path):
+    """extract_settings.json written before --darken existed means an undarkened store."""
+    import json
+
+    from dfew_mm.extract.options import ExtractOptions
+    from dfew_mm.extract.run import check_settings
+    from dfew_mm.errors import StoreError
+
+    store = FeatureStore.__new__(FeatureStore)
+    store.path = tmp_path
+    old = {k: v for k, v in ExtractOptions().to_dict().items() if not k.startswith("darken")}
+    (tmp_path / "extract_settings.json").write_text(json.dumps(old))
+    check_settings(store, ExtractOptions(), overwrite=False)
+    assert json.loads((tmp_path / "extract_settings.json").read_text())["darken"] == 0.0
+    with pytest.raises(StoreError, match="darken: store 0.0 vs now 0.25"):
+        check_settings(store, ExtractOptions(darken=0.25), overwrite=False)
+
+
+def test_split_selection(tmp_path, splits_dir):
+    from dfew_mm.extract.run import split_clip_ids
+
+    test_ids = split_clip_ids(1, "test", splits_dir=splits_dir)
+    train_ids = split_clip_ids(1, "train", splits_dir=splits_dir)
+    assert len(test_ids) == 2341 and not set(test_ids) & set(train_ids)
+    # a folder of videos named by DFEW number, zero-padded or not; three of fold 1's test clips, one training clip
+    names = [f"{int(test_ids[0]):05d}", test_ids[1], test_ids[2], train_ids[0]]
+    clips = {name: tmp_path / f"{name}.mp4" for name in names}
+    chosen = [i for i, _ in select_clips(clips, split_ids=test_ids)]
+    assert chosen == names[:3]
+    assert [i for i, _ in select_clips(clips, split_ids=test_ids, limit=2)] == names[:2]
+    assert [i for i, _ in select_clips(clips, ids=[names[1], names[3]], split_ids=test_ids)] == [names[1]]
+    sharded = [i for k in range(2) for i, _ in select_clips(clips, split_ids=test_ids, shard=(k, 2))]
+    assert sorted(sharded) == sorted(chosen)
