@@ -132,13 +132,16 @@ def _add_evaluate(sub) -> None:
                 "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --modalities video+pose "
                 "--darken 0,0.25,0.5,0.75,1 --out preds/f1_vp.csv")
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.pt from `dfew_mm train`")
-    p.add_argument("--store", type=Path, required=True, help="feature store from preprocess/extract.py")
+    p.add_argument("--store", type=Path, required=True,
+                   help="feature store from preprocess/extract.py; one extracted with --darken S gives scene-level "
+                        "passes labelled scene:S")
     p.add_argument("--fold", type=int, help="DFEW fold 1..5 (default: the fold the run trained on)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--modalities", help="subset of the trained modalities, e.g. video or video+pose (default: all)")
     p.add_argument("--darken", default="0",
-                   help="low-light strength(s) for the face frames, 0..1: 0.5, a list 0,0.5,1 or a range 0:1:0.25 "
-                        "(one evaluation pass each; default 0 = original frames)")
+                   help="crop-level low light, strength(s) 0..1: darken the stored face crops at evaluation time, a "
+                        "fast approximation that leaves detection and pose untouched (scene level: extract a store "
+                        "with --darken). 0.5, a list 0,0.5,1 or a range 0:1:0.25, one pass each; default 0 = none")
     p.add_argument("--out", type=Path, required=True, help="predictions CSV; metrics go to <stem>.metrics.json")
     p.add_argument("--dfew-root", type=Path, help="DFEW root for the fold lists (default: the run's config)")
     p.add_argument("--splits-dir", type=Path, help="split CSV folder (default: the run's config)")
@@ -453,7 +456,7 @@ def _run_demo(args) -> int:
     result = run_demo(args.out, args.assets_dir, args.clips, args.epochs, args.workers, args.darken,
                       overrides=args.overrides)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("\nUAR (%) on the synthetic test fold by modality subset and darkening strength:")
+        print("\nUAR (%) on the synthetic test fold by modality subset and crop-level darkening strength:")
         print(result.summary.to_string())
     print("\nsteps: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
           + f"; total {time.perf_counter() - tic:.0f} s")

@@ -255,3 +255,16 @@ def test_store_gaps_against_the_training_store(trained_run, tmp_path):
     settings = json.loads((same / "extract_settings.json").read_text())
     (same / "extract_settings.json").write_text(json.dumps({**settings, "darken": 0.75, "darken_seed": 3}))
     assert store_gaps(cfg, FeatureStore(same), "1", ["video", "audio"]) == ([], [])
+
+
+def test_predict_never_darkens_new_clips(trained_run, tmp_path):
+    """A model evaluated (or trained) on a scene-darkened store predicts real clips as they are."""
+    import dataclasses
+
+    from dfew_mm.checkpoint import load_checkpoint
+    from dfew_mm.predict import extraction_options
+
+    cfg = load_checkpoint(trained_run["run"] / "best.pt")[1]
+    store = _scene_store(trained_run, tmp_path, 0.75)
+    options = extraction_options(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, store=str(store))))
+    assert options.darken == 0.0 and (options.frames, options.face_size) == (6, 32)
