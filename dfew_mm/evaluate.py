@@ -102,11 +102,12 @@ def select_clips(store, data_cfg, split: str, seed: int, excluded_csv: Path | No
 
     Uses the training code's fold logic, so `val` is the same stratified share of the training
     fold that training validated on (same seed), and missing or unreadable clips are handled the
-    same way; with `data_cfg.allow_missing` the clips left out are written to `excluded_csv`.
+    same way; with `data_cfg.allow_missing` the clips left out are written to `excluded_csv`. For
+    the test split only the test clips must be in the store (a darkened store may hold just those).
     """
     from dfew_mm.data.splits import fold_splits
 
-    splits = fold_splits(store, data_cfg, seed)
+    splits = fold_splits(store, data_cfg, seed, parts=("test",) if split == "test" else ("train", "test"))
     if excluded_csv is not None and len(splits.excluded):
         atomic_write_text(excluded_csv, splits.excluded.to_csv(index=False))
         log.warning("%d clips of fold %d left out (listed in %s)", len(splits.excluded), data_cfg.fold, excluded_csv)

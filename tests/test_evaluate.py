@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dfew_mm.constants import CLASSES
-from dfew_mm.errors import ConfigError
+from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.evaluate import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, Darken, darken, evaluate,
                               metrics_path_for, parse_darken, parse_modalities)
 from dfew_mm.metrics import classification_metrics
@@ -268,3 +268,19 @@ def test_predict_never_darkens_new_clips(trained_run, tmp_path):
     store = _scene_store(trained_run, tmp_path, 0.75)
     options = extraction_options(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, store=str(store))))
     assert options.darken == 0.0 and (options.frames, options.face_size) == (6, 32)
+
+
+def test_a_darkened_store_of_the_test_split_alone(trained_run, tmp_path):
+    """The DFEW recipe darkens only the fold's test clips (`extract --split test --fold 1`)."""
+    store = _scene_store(trained_run, tmp_path, 1.0)
+    test_ids = {str(i) for i in range(5, 31, 5)}  # fold 1's test clips in the random-array store
+    for path in [*(store / "clips").glob("*.npz"), *(store / "records").glob("*.json")]:
+        if path.stem not in test_ids:
+            path.unlink()
+    out_csv = tmp_path / "scene_test.csv"
+    result = evaluate(trained_run["run"] / "best.pt", store, out_csv=out_csv)
+    frame = pd.read_csv(out_csv, dtype={"clip_id": str})
+    assert set(frame["clip_id"]) == test_ids and set(frame["perturbation"]) == {"scene:1"}
+    assert result["passes"][0]["n"] == 6
+    with pytest.raises(StoreError, match="train clips of fold 1 are not usable"):
+        evaluate(trained_run["run"] / "best.pt", store, split="val", out_csv=tmp_path / "val.csv")

@@ -82,13 +82,21 @@ def stratified_val_split(labels: np.ndarray, fraction: float, seed: int) -> np.n
     return mask
 
 
-def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int) -> FoldSplits:
-    """Train/val/test clip ids of `data_cfg.fold` that are present in the store."""
+def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
+                parts: Sequence[str] = ("train", "test")) -> FoldSplits:
+    """Train/val/test clip ids of `data_cfg.fold` that are present in the store.
+
+    Only the split files in `parts` are checked against the store; with `parts=("test",)` (evaluating
+    the test split, e.g. on a store that holds only the test clips) train and val come back empty.
+    """
     root = Path(data_cfg.dfew_root) if data_cfg.dfew_root else None
     splits_dir = Path(data_cfg.splits_dir) if data_cfg.splits_dir else None
     fold = load_fold(data_cfg.fold, root, splits_dir)
     excluded, kept, stops = [], {}, []
     for name, frame in (("train", fold.train), ("test", fold.test)):
+        if name not in parts:
+            kept[name] = Split([], np.zeros(0, dtype=np.int64))
+            continue
         ids = [str(int(i)) for i in frame.index]
         reasons = _usable(store, ids)
         bad = [i for i in ids if reasons[i]]
@@ -111,9 +119,12 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int) -> FoldSpl
     if excluded:
         log.warning("fold %d: leaving out %d clips missing from, failed in or unreadable in %s (first: %s)", fold.k,
                     len(excluded), store.path, ", ".join(e["clip_id"] for e in excluded[:5]))
-    if not kept["train"].ids or not kept["test"].ids:
-        raise StoreError(f"fold {fold.k}: no usable train or test clips in feature store {store.path}")
+    empty = [name for name in parts if not kept[name].ids]
+    if empty:
+        raise StoreError(f"fold {fold.k}: no usable {' or '.join(empty)} clips in feature store {store.path}")
     train = kept["train"]
+    if "train" not in parts:
+        return FoldSplits(train, train, kept["test"], pd.DataFrame(excluded, columns=["clip_id", "split", "reason"]))
     is_val = stratified_val_split(train.labels, data_cfg.val_fraction, seed)
     if not is_val.any():
         raise StoreError(f"fold {fold.k}: too few training clips ({len(train.ids)}) to carve a validation split")
