@@ -493,13 +493,13 @@ def plot_brightness_bins(table: pd.DataFrame, dark_luma: float | None = DARK_FAC
     return fig
 
 
-def _kind_legend(ax, kinds: Sequence[str], **kwargs) -> None:
-    """A legend of line styles: which darkening kind each line shows."""
+def _kind_legend(fig, kinds: Sequence[str], **kwargs) -> None:
+    """A legend of line styles below the panels: which darkening kind each line shows."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color="black", linestyle=KIND_LINES[k], marker="o" if k != "crop" else "s",
                       label=KIND_NAMES[k]) for k in kinds]
-    ax.legend(handles=handles, title="darkening", fontsize=8, **kwargs)
+    fig.legend(handles=handles, title="darkening", fontsize=8, title_fontsize=8, **kwargs)
 
 
 def plot_darkening(curves: pd.DataFrame):
@@ -507,7 +507,7 @@ def plot_darkening(curves: pd.DataFrame):
     darkening (detection re-run on dark frames), dashed for crop-level (the approximation)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4), sharey=True)
     kinds = [k for k in (*KINDS, "none") if (curves["kind"] == k).any()]
     order = systems_in_order(curves) if len(curves) else []
     colours = {s: f"C{i % 10}" for i, s in enumerate(order)}
@@ -530,12 +530,13 @@ def plot_darkening(curves: pd.DataFrame):
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], color=colours[s], label=s) for s in order]
-        axes[1].legend(handles=handles, title="modalities", fontsize=8, loc="lower left")
-        _kind_legend(axes[0], kinds, loc="lower left")
+        fig.legend(handles=handles, title="modalities", fontsize=8, title_fontsize=8, loc="lower right",
+                   ncol=min(3, len(order)))
+        _kind_legend(fig, kinds, loc="lower left")
     fig.suptitle("solid: scene level (frames darkened before detection)   dashed: crop level "
                  "(stored face crops darkened; fast approximation)" if len(kinds) > 1 else
                  f"darkening: {KIND_NAMES[kinds[0]]}" if kinds else "no darkening", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.15, 1, 0.95))
     return fig
 
 
@@ -544,7 +545,7 @@ def plot_detection_rates(rates: pd.DataFrame):
     (solid: scene level, dashed: crop level, which reads the original detections), 95% CI bands."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     kinds = [k for k in (*KINDS, "none") if (rates["kind"] == k).any()]
     for ax, column, title in zip(axes, RATE_COLUMNS, ("face detection rate", "pose detection rate")):
         for kind in kinds:
@@ -563,8 +564,8 @@ def plot_detection_rates(rates: pd.DataFrame):
         ax.grid(alpha=0.3)
         ax.set_title(title)
     if kinds:
-        _kind_legend(axes[0], kinds, loc="lower left")
-    fig.tight_layout()
+        _kind_legend(fig, kinds, loc="lower center", ncol=len(kinds))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 

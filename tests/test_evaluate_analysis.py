@@ -222,7 +222,7 @@ def test_curves_and_detection_rates_per_kind(both_kinds, tmp_path):
     for name, fig in (("curves", analysis.plot_darkening(analysis.darkening_curves(data))),
                       ("rates", analysis.plot_detection_rates(analysis.detection_rates(data)))):
         assert analysis.save_figure(fig, tmp_path / "figures", name).stat().st_size > 5000
-    assert "scene level" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert "scene level" in fig.legends[0].get_texts()[0].get_text()
 
 
 def test_curves_keep_the_clips_every_pass_predicted(both_kinds):
