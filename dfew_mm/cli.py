@@ -253,7 +253,7 @@ def _run_extract(args) -> int:
     from dfew_mm.errors import ConfigError
 
     _check_numbers(args, ["clip_timeout"], workers=(1, None), limit=(1, None), frames=(1, MAX_FRAMES),
-                   face_size=(MIN_FACE_SIZE, MAX_FACE_SIZE), darken=(0, 1), fold=(1, 5))
+                   face_size=(MIN_FACE_SIZE, MAX_FACE_SIZE), darken=(0, 1), fold=(1, 5), darken_seed=(0, None))
     if (args.split is None) != (args.fold is None):
         raise ConfigError("--split and --fold go together, e.g. --split test --fold 1")
     if args.split and args.dfew_root is None and args.splits_dir is None:

@@ -52,6 +52,8 @@ class ExtractOptions:
                 raise ValueError(f"{name}={value} is out of range")
         if not 0.0 <= self.darken <= 1.0:  # also false for NaN
             raise ValueError(f"darken={self.darken}: the darkening strength must be between 0 and 1 (0 = off)")
+        if self.darken_seed < 0:
+            raise ValueError(f"darken_seed={self.darken_seed}: the seed must be 0 or more")
         if self.face_model not in FACE_MODELS:
             raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
         if self.pose_model not in POSE_MODELS:
