@@ -80,22 +80,28 @@ def _add_synth(sub) -> None:
     defaults = SynthConfig()
     p = _parser(sub, "synth", "Write a synthetic dataset in the exact DFEW layout (H.264 + AAC clips, split CSVs).",
                 "dfew_mm synth --out /tmp/synth --clips 60",
-                "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1")
+                "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1",
+                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label")
     p.add_argument("--out", type=Path, required=True, help="folder to create (DFEW root layout)")
     p.add_argument("--clips", type=int, default=defaults.clips, help="number of clips (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     p.add_argument("--dark-share", type=float, default=defaults.dark_share,
                    help="share of low-light clips (default %(default)s)")
     p.add_argument("--seconds", type=float, default=defaults.seconds, help="clip length in seconds (default %(default)s)")
+    p.add_argument("--cues", default=",".join(defaults.cues),
+                   help="modalities that carry the label, any of face,pose,audio; the others show a random class "
+                        "per clip (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="parallel encoder processes (default %(default)s)")
 
 
 def _run_synth(args) -> int:
     from dfew_mm.synth import SynthConfig, generate_dataset
 
-    cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds)
+    cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds,
+                      cues=args.cues)
     summary = generate_dataset(args.out, cfg, workers=args.workers)
-    print(f"wrote {summary['clips']} clips ({summary['dark']} low-light) to {args.out}")
+    print(f"wrote {summary['clips']} clips ({summary['dark']} low-light; label shown by {'+'.join(cfg.cues)}) "
+          f"to {args.out}")
     return 0
 
 
