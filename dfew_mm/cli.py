@@ -110,7 +110,8 @@ def _add_evaluate(sub) -> None:
     p = _parser(sub, "evaluate", "Evaluate a checkpoint on a fold: predictions CSV (one row per clip) + metrics JSON.",
                 "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --fold 1 --out preds/f1.csv",
                 "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --modalities video+pose "
-                "--darken 0,0.25,0.5,0.75,1 --out preds/f1_vp.csv")
+                "--darken 0,0.25,0.5,0.75,1 --out preds/f1_vp.csv",
+                "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --attribution --out preds/f1.csv")
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.pt from `dfew_mm train`")
     p.add_argument("--store", type=Path, required=True, help="feature store from preprocess/extract.py")
     p.add_argument("--fold", type=int, help="DFEW fold 1..5 (default: the fold the run trained on)")
@@ -120,6 +121,9 @@ def _add_evaluate(sub) -> None:
                    help="low-light strength(s) for the face frames, 0..1: 0.5, a list 0,0.5,1 or a range 0:1:0.25 "
                         "(one evaluation pass each; default 0 = original frames)")
     p.add_argument("--out", type=Path, required=True, help="predictions CSV; metrics go to <stem>.metrics.json")
+    p.add_argument("--attribution", action="store_true",
+                   help="also evaluate with each modality masked out and add reliance_<modality> columns: how much "
+                        "each clip's prediction leaned on it (needs at least two modalities)")
     p.add_argument("--dfew-root", type=Path, help="DFEW root for the fold lists (default: the run's config)")
     p.add_argument("--splits-dir", type=Path, help="split CSV folder (default: the run's config)")
     p.add_argument("--allow-missing", action="store_true", help="leave out fold clips missing from the store")
@@ -134,9 +138,11 @@ def _run_evaluate(args) -> int:
 
     result = evaluate(args.checkpoint, args.store, args.fold, args.split, args.modalities, args.darken, args.out,
                       dfew_root=args.dfew_root, splits_dir=args.splits_dir, allow_missing=args.allow_missing,
-                      batch_size=args.batch_size, num_workers=args.workers, device=args.device)
+                      batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                      attribution=args.attribution)
     for p in result["passes"]:
-        print(f"{p['modalities']:<18} {p['perturbation']:<12} {format_metrics(p)}")
+        leaned = "".join(f"  reliance {m} {v:+.3f}" for m, v in p.get("mean_reliance", {}).items())
+        print(f"{p['modalities']:<18} {p['perturbation']:<12} {format_metrics(p)}{leaned}")
     print(f"predictions: {args.out}\nmetrics:     {metrics_path_for(args.out)}")
     return 0
 
