@@ -166,3 +166,23 @@ def test_low_light_selection_and_figures(predictions, tmp_path):
     }
     for name, fig in figures.items():
         assert analysis.save_figure(fig, tmp_path, name).stat().st_size > 5000
+
+
+def test_reliance_table_means_per_light_and_modality(predictions):
+    data = analysis.load_predictions(predictions)
+    assert not analysis.has_reliance(data)  # files without --attribution: the section has nothing to show
+    assert analysis.reliance_table(data, ["1", "2"]).empty
+    fused = data["system"] == "video+pose+audio"
+    data.loc[fused, "reliance_video"] = np.where(data.loc[fused, "clip_id"].isin(["1", "2", "3", "4"]), 0.0, 0.4)
+    data.loc[fused, "reliance_audio"] = np.where(data.loc[fused, "clip_id"].isin(["1", "2", "3", "4"]), 0.5, 0.1)
+    dark = analysis.dark_clips(data)  # clips 1-4: face luma below 60 (clip 1 by its frame luma)
+    table = analysis.reliance_table(data, dark).set_index(["clips", "modality"])
+    assert list(table["system"].unique()) == ["video+pose+audio"] and len(table) == 4
+    assert table.loc[("low-light", "audio"), "reliance"] == pytest.approx(0.5)
+    assert table.loc[("normal", "video"), "reliance"] == pytest.approx(0.4)
+    assert (table["n"] == 4).all()
+    mean, low, high = analysis.mean_interval([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert low < mean < high and mean == pytest.approx(0.3)
+    assert analysis.mean_interval([0.2]) == (0.2, 0.2, 0.2) and np.isnan(analysis.mean_interval([])[0])
+    fig = analysis.plot_reliance(table.reset_index())
+    assert len(fig.axes) == 1
