@@ -116,6 +116,28 @@ def test_ogm_coefficients_slow_only_the_leading_modalities():
     assert (ogm_coefficients(torch.tensor([0.5, 0.5, 0.5]), 1.0) == 1).all()
 
 
+def test_mixture_weights_and_the_chance_bound():
+    from dfew_mm.balance import chance_uar_bound
+    from dfew_mm.models.fusion import mix_probabilities
+
+    sure = torch.tensor([[20.0, 0, 0, 0, 0, 0, 0]])  # (1, 7): certain of class 0
+    other = torch.tensor([[0.0, 0, 3, 0, 0, 0, 0]])  # leans to class 2
+    yes, no = torch.tensor([True]), torch.tensor([False])
+    # a confidently wrong member with no weight cannot swing the mixture; probabilities, not logits
+    assert mix_probabilities([sure, other], [yes, yes], torch.tensor([0.0, 1.0])).argmax() == 2
+    assert mix_probabilities([sure, other], [yes, yes], torch.tensor([0.1, 1.0])).argmax() == 2
+    # only a zero-weight member has input: the weighted member decides from its bias, as it would alone
+    mixed = mix_probabilities([sure, other], [yes, no], torch.tensor([0.0, 1.0])).exp()
+    assert torch.allclose(mixed, other.softmax(-1), atol=1e-5)
+    before_validation = mix_probabilities([sure, other], [yes, no], torch.tensor([0.0, 0.0])).exp()
+    assert torch.allclose(before_validation, sure.softmax(-1), atol=1e-5)  # no weights yet: the present ones
+    none = mix_probabilities([sure, other], [no, no], torch.tensor([0.0, 0.0])).exp()
+    assert torch.allclose(none, (sure.softmax(-1) + other.softmax(-1)) / 2, atol=1e-5)
+    # what random guessing reaches: 1/7 plus two standard deviations, shrinking with the clips
+    small, large = chance_uar_bound(np.arange(15) % 7), chance_uar_bound(np.arange(936) % 7)
+    assert 0.3 < small < 0.35 and 1 / 7 < large < 0.17
+
+
 def test_balancer_modulates_the_step_of_the_leading_encoder():
     from dfew_mm.train import make_optimizer
 

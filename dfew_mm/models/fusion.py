@@ -103,14 +103,22 @@ class UnimodalHead(nn.Module):
 
 def mix_probabilities(logits: list[torch.Tensor], present: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """Per clip, log sum_j w_j p_j / sum_j w_j over the members j present: J x (B, 7) logits, J x (B,)
-    bool, (J,) weights -> (B, 7) logits. Where no member with a positive weight is present, the
-    present members count equally; a clip with none present gets uniform probabilities."""
+    bool, (J,) weights -> (B, 7) logits.
+
+    A clip where no member with a positive weight has input (say, no body found in a model whose
+    only informative head is the pose head) takes the weighted members anyway, which then predict
+    from their bias alone, as a single-modality model does without its input; members with no
+    weight never decide. Only when every weight is zero (before the first validation) do the
+    present members count alike.
+    """
     probs = torch.stack(logits).float().softmax(-1)  # (J, B, 7)
     there = torch.stack(present).float()  # (J, B)
-    w = weights.float().unsqueeze(1) * there  # (J, B)
-    w = torch.where(w.sum(0, keepdim=True) > 0, w, there)  # all-zero weights: the present members alike
-    mixed = (w.unsqueeze(-1) * probs).sum(0) / w.sum(0).unsqueeze(-1).clamp_min(1e-12)  # (B, 7)
-    mixed = torch.where(w.sum(0).unsqueeze(-1) > 0, mixed, torch.full_like(mixed, 1.0 / mixed.shape[-1]))
+    weights = weights.float().unsqueeze(1)  # (J, 1)
+    w = weights * there  # (J, B)
+    fallback = weights.expand_as(w) if bool((weights > 0).any()) else there
+    w = torch.where(w.sum(0, keepdim=True) > 0, w, fallback)
+    w = torch.where(w.sum(0, keepdim=True) > 0, w, torch.ones_like(w))  # nothing present, no weights: all alike
+    mixed = (w.unsqueeze(-1) * probs).sum(0) / w.sum(0).unsqueeze(-1)  # (B, 7)
     return mixed.clamp_min(1e-12).log()
 
 
