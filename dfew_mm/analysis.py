@@ -27,7 +27,7 @@ import pandas as pd
 
 from dfew_mm.constants import CLASSES, DARK_FACE_LUMA, MODALITIES
 from dfew_mm.errors import DfewMMError
-from dfew_mm.predictions import PREDICTION_COLUMNS, metrics_path_for, upgrade_predictions
+from dfew_mm.predictions import PREDICTION_COLUMNS, RELIANCE_COLUMNS, metrics_path_for, upgrade_predictions
 from dfew_mm.metrics import classification_metrics
 from dfew_mm.stats import (format_interval, mcnemar, mean_interval, metric_intervals, paired_difference,
                            proportion_interval)
@@ -415,6 +415,65 @@ def class_counts(data: pd.DataFrame, clip_ids: Sequence[str] | None = None) -> p
     if clip_ids is not None:
         rows = rows[rows["clip_id"].isin(set(clip_ids))]
     return rows["label_name"].value_counts().reindex(list(CLASSES), fill_value=0)
+
+
+# -- modality reliance (`dfew_mm evaluate --attribution`) -------------------------------------------
+def has_reliance(data: pd.DataFrame) -> bool:
+    """Whether any prediction file of the folder was written with `--attribution`."""
+    return any(c in data and data[c].notna().any() for c in RELIANCE_COLUMNS)
+
+
+def reliance_table(data: pd.DataFrame, low_light: Sequence[str], perturbation: str = NATURAL) -> pd.DataFrame:
+    """Mean reliance per system, clip subset (`low-light`, `normal`) and modality, with bootstrap intervals.
+
+    reliance = p(predicted class | all modalities of the system) - p(predicted class | that modality
+    masked): how much the model leaned on the modality for the clips of the subset. Columns: system,
+    clips, modality, reliance, reliance_low, reliance_high, n. Only systems evaluated with
+    `--attribution`; empty when there are none.
+    """
+    columns = ["system", "clips", "modality", "reliance", "reliance_low", "reliance_high", "n"]
+    rows = data[data["perturbation"] == perturbation]
+    dark = set(low_light)
+    out = []
+    for system in systems_in_order(rows):
+        group = rows[rows["system"] == system]
+        for name, part in (("low-light", group[group["clip_id"].isin(dark)]),
+                           ("normal", group[~group["clip_id"].isin(dark)])):
+            for column in RELIANCE_COLUMNS:
+                if column not in part or not group[column].notna().any():
+                    continue
+                ci = mean_interval(part[column].to_numpy(dtype=float))
+                mean, low, high = ci["value"], ci["low"], ci["high"]
+                out.append({"system": system, "clips": name, "modality": column.removeprefix("reliance_"),
+                            "reliance": mean, "reliance_low": low, "reliance_high": high,
+                            "n": int(part[column].notna().sum())})
+    return pd.DataFrame(out, columns=columns)
+
+
+def plot_reliance(table: pd.DataFrame):
+    """Bars of mean reliance per modality, low-light beside normal clips, one panel per system."""
+    import matplotlib.pyplot as plt
+
+    systems = systems_in_order(table)
+    fig, axes = plt.subplots(1, len(systems), figsize=(5 * len(systems), 3.6), squeeze=False, sharey=True)
+    for ax, system in zip(axes[0], systems):
+        part = table[table["system"] == system]
+        modalities = [m for m in MODALITIES if m in set(part["modality"])]
+        x = np.arange(len(modalities))
+        for shift, (name, colour) in zip((-0.2, 0.2), (("low-light", "tab:blue"), ("normal", "tab:orange"))):
+            rows = part[part["clips"] == name].set_index("modality").reindex(modalities)
+            value = rows["reliance"].to_numpy(float)
+            err = [value - rows["reliance_low"].to_numpy(float), rows["reliance_high"].to_numpy(float) - value]
+            n = int(rows["n"].max()) if rows["n"].notna().any() else 0
+            ax.bar(x + shift, value, 0.4, yerr=err, capsize=3, color=colour, label=f"{name} (n={n})")
+        ax.axhline(0, color="grey", linewidth=1)
+        ax.set_xticks(x, modalities)
+        ax.set_title(system)
+        ax.set_ylabel("mean reliance, 95% CI")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def format_paired(table: pd.DataFrame) -> pd.DataFrame:

@@ -104,13 +104,17 @@ def _add_synth(sub) -> None:
     defaults = SynthConfig()
     p = _parser(sub, "synth", "Write a synthetic dataset in the exact DFEW layout (H.264 + AAC clips, split CSVs).",
                 "dfew_mm synth --out /tmp/synth --clips 60",
-                "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1")
+                "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1",
+                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label")
     p.add_argument("--out", type=Path, required=True, help="folder to create (DFEW root layout)")
     p.add_argument("--clips", type=int, default=defaults.clips, help="number of clips (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     p.add_argument("--dark-share", type=float, default=defaults.dark_share,
                    help="share of low-light clips (default %(default)s)")
     p.add_argument("--seconds", type=float, default=defaults.seconds, help="clip length in seconds (default %(default)s)")
+    p.add_argument("--cues", default=",".join(defaults.cues),
+                   help="modalities that carry the label, any of face,pose,audio; the others show a random class "
+                        "per clip (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="parallel encoder processes (default %(default)s)")
 
 
@@ -119,9 +123,11 @@ def _run_synth(args) -> int:
 
     _check_numbers(args, ["seconds"], clips=(1, None), workers=(1, None), dark_share=(0, 1))
 
-    cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds)
+    cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds,
+                      cues=args.cues)
     summary = generate_dataset(args.out, cfg, workers=args.workers)
-    print(f"wrote {summary['clips']} clips ({summary['dark']} low-light) to {args.out}")
+    print(f"wrote {summary['clips']} clips ({summary['dark']} low-light; label shown by {'+'.join(cfg.cues)}) "
+          f"to {args.out}")
     return 0
 
 
@@ -130,7 +136,8 @@ def _add_evaluate(sub) -> None:
     p = _parser(sub, "evaluate", "Evaluate a checkpoint on a fold: predictions CSV (one row per clip) + metrics JSON.",
                 "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --fold 1 --out preds/f1.csv",
                 "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --modalities video+pose "
-                "--darken 0,0.25,0.5,0.75,1 --out preds/f1_vp.csv")
+                "--darken 0,0.25,0.5,0.75,1 --out preds/f1_vp.csv",
+                "dfew_mm evaluate --checkpoint runs/f1/best.pt --store features --attribution --out preds/f1.csv")
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/best.pt from `dfew_mm train`")
     p.add_argument("--store", type=Path, required=True,
                    help="feature store from preprocess/extract.py; one extracted with --darken S gives scene-level "
@@ -143,6 +150,9 @@ def _add_evaluate(sub) -> None:
                         "fast approximation that leaves detection and pose untouched (scene level: extract a store "
                         "with --darken). 0.5, a list 0,0.5,1 or a range 0:1:0.25, one pass each; default 0 = none")
     p.add_argument("--out", type=Path, required=True, help="predictions CSV; metrics go to <stem>.metrics.json")
+    p.add_argument("--attribution", action="store_true",
+                   help="also evaluate with each modality masked out and add reliance_<modality> columns: how much "
+                        "each clip's prediction leaned on it (needs at least two modalities)")
     p.add_argument("--dfew-root", type=Path, help="DFEW root for the fold lists (default: the run's config)")
     p.add_argument("--splits-dir", type=Path, help="split CSV folder (default: the run's config)")
     p.add_argument("--allow-missing", action="store_true", help="leave out fold clips missing from the store")
@@ -159,9 +169,11 @@ def _run_evaluate(args) -> int:
 
     result = evaluate(args.checkpoint, args.store, args.fold, args.split, args.modalities, args.darken, args.out,
                       dfew_root=args.dfew_root, splits_dir=args.splits_dir, allow_missing=args.allow_missing,
-                      batch_size=args.batch_size, num_workers=args.workers, device=args.device)
+                      batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                      attribution=args.attribution)
     for p in result["passes"]:
-        print(f"{p['modalities']:<18} {p['perturbation']:<12} {format_metrics(p)}")
+        leaned = "".join(f"  reliance {m} {v:+.3f}" for m, v in p.get("mean_reliance", {}).items())
+        print(f"{p['modalities']:<18} {p['perturbation']:<12} {format_metrics(p)}{leaned}")
     print(f"predictions: {args.out}\nmetrics:     {metrics_path_for(args.out)}")
     return 0
 

@@ -110,6 +110,12 @@ class FusionConfig:
     heads: int = 4
     dropout: float = 0.1
     head: str = "linear"  # linear | arcface
+    # Which heads predict (dfew_mm/models/classifier.py): transformer = the temporal transformer's CLS
+    # head; late = one head per modality (its tokens pooled over time -> linear); both = all of them.
+    # Several heads are mixed as probabilities with weights from their validation UAR (validation)
+    # or equal weights (equal).
+    mode: str = "late"  # transformer | late | both
+    member_weights: str = "validation"  # validation | equal
     arcface_margin: float = 0.2
     arcface_scale: float = 30.0
 
@@ -138,6 +144,13 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_balance: str = "weighted_loss"  # none | weighted_loss | sampler
     modality_dropout: float = 0.2  # per-sample chance of dropping each active modality
+    # Balanced multimodal training (see dfew_mm/balance.py and the README's ablation table):
+    aux_weight: float = 1.0  # weight of the unimodal heads' own losses (mean over modalities) beside the fused loss
+    ogm_alpha: float = 0.0  # OGM-GE: slow the encoders of modalities that fit the training batch best; 0 = off
+    ogm_ge: bool = True  # OGM-GE: Gaussian noise on modulated gradients (generalisation enhancement)
+    # per modality, e.g. {video: 0.3}: learning-rate factor and weight decay of its encoder + projection
+    encoder_lr_scale: dict[str, float] = field(default_factory=dict)
+    encoder_weight_decay: dict[str, float] = field(default_factory=dict)
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     compile: bool = False

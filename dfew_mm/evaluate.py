@@ -22,9 +22,10 @@ from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.files import atomic_write_text  # a failed write leaves the previous file whole
 from dfew_mm.lowlight import Darken, darken  # noqa: F401  (the low-light model; also imported from here)
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
-from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, metrics_path_for,  # noqa: F401
-                                 modality_label, perturbation_kind, perturbation_label, prediction_frame,
-                                 run_name)
+from dfew_mm.constants import MODALITIES
+from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, RELIANCE_COLUMNS,  # noqa: F401
+                                 metrics_path_for, modality_label, perturbation_kind, perturbation_label,
+                                 prediction_frame, run_name)
 from dfew_mm.stats import LEVEL, METHOD, N_BOOT, metric_intervals
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,10 @@ def metrics_by_pass(frame: pd.DataFrame, n_boot: int = N_BOOT, level: float = LE
                        "darken": float(group["darken"].iloc[0]), "darken_kind": perturbation_kind(pert), **metrics,
                        "uar_ci": [ci["uar"]["low"], ci["uar"]["high"]],
                        "war_ci": [ci["war"]["low"], ci["war"]["high"]]})
+        reliance = {c.removeprefix("reliance_"): float(group[c].mean()) for c in RELIANCE_COLUMNS
+                    if c in group and group[c].notna().any()}
+        if reliance:
+            passes[-1]["mean_reliance"] = reliance
     return passes
 
 
@@ -211,18 +216,26 @@ def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequ
     return predict_logits(model, loader, device, cfg.train.amp, modalities, progress=True, desc=desc).probs
 
 
+def reliance(probs: np.ndarray, without: np.ndarray) -> np.ndarray:
+    """(N,) p(pred | all) - p(pred | one modality masked), pred = argmax of `probs` (N, 7)."""
+    rows, pred = np.arange(len(probs)), probs.argmax(axis=1)
+    return probs[rows, pred] - without[rows, pred]
+
+
 def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None, split: str = "test",
              modalities: str | Sequence[str] | None = None, darken: str | Sequence[float] | None = None,
              out_csv: str | Path = "predictions.csv", dfew_root: str | Path | None = None,
              splits_dir: str | Path | None = None, allow_missing: bool = False,
              batch_size: int | None = None, num_workers: int | None = None, seed: int = 0,
-             device: str = "auto") -> dict:
+             device: str = "auto", attribution: bool = False) -> dict:
     """Evaluate a checkpoint on one fold split, once per darkening strength.
 
     Writes `out_csv` (one row per clip and pass, PREDICTION_COLUMNS) and the metrics JSON beside
     it; returns that JSON's content. The fold lists come from the run's config (data.dfew_root /
     data.splits_dir) unless `dfew_root` / `splits_dir` are given. `device` "auto" uses CUDA when
-    available; `num_workers` defaults to the run's data.num_workers.
+    available; `num_workers` defaults to the run's data.num_workers. With `attribution`, each pass
+    is repeated with each evaluated modality masked out and the file gets RELIANCE_COLUMNS
+    (dfew_mm.predictions): how much the prediction leaned on each modality, clip by clip.
     """
     from dfew_mm.checkpoint import load_checkpoint
     from dfew_mm.data.store import FeatureStore
@@ -232,6 +245,10 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     model, cfg, meta = load_checkpoint(checkpoint, map_location="cpu")
     mods = parse_modalities(modalities, cfg.model.modalities)
+    if attribution and len(mods) < 2:
+        raise ConfigError(f"--attribution masks out one modality at a time and needs at least two; this "
+                          f"evaluation uses only {modality_label(mods)} (trained with "
+                          f"{modality_label(cfg.model.modalities)})")
     strengths = parse_darken(darken)
     device = resolve_device(device)
     model.to(device)
@@ -266,13 +283,20 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
         label = perturbation_label(scene or strength, kind)
         probs = predict_store_clips(model, cfg, feature_store, clips, mods, device, transform, batch_size,
                                     num_workers, seed, desc=label)
+        leaned = {}
+        if attribution:  # same clips, same darkened frames (seeded per clip), one modality masked at a time
+            for m in MODALITIES:
+                rest = [x for x in mods if x != m]
+                leaned[f"reliance_{m}"] = np.nan if m not in mods else reliance(probs, predict_store_clips(
+                    model, cfg, feature_store, clips, rest, device, transform, batch_size, num_workers, seed,
+                    desc=f"{label} without {m}"))
         frames.append(prediction_frame(clips["clip_id"], clips["label"].to_numpy(), probs,
                                        feature_store.manifest, modalities=modality_label(mods),
                                        perturbation=label, darken=scene or strength,
                                        darken_kind="none" if label == "none" else kind,
                                        run=run_name(checkpoint),
                                        trained_modalities=modality_label(cfg.model.modalities),
-                                       fold=fold, split=split))
+                                       fold=fold, split=split, **leaned))
     predictions = pd.concat(frames, ignore_index=True)
     out_csv = Path(out_csv)
     atomic_write_text(out_csv, predictions.to_csv(index=False))
@@ -282,7 +306,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
         log.info("%s %s: %s", p["modalities"], p["perturbation"], format_metrics(p))
     result = {"checkpoint": str(checkpoint), "store": str(Path(store).resolve()), "fold": fold, "split": split,
               "modalities": modality_label(mods), "darken": strengths, "scene_darken": scene,
-              "predictions": out_csv.name,
-              "epoch": meta.get("epoch"), "intervals": interval_settings(), "passes": passes}
+              "predictions": out_csv.name, "epoch": meta.get("epoch"), "attribution": attribution,
+              "intervals": interval_settings(), "passes": passes}
     atomic_write_text(metrics_path_for(out_csv), json.dumps(json_safe(result), indent=2) + "\n")
     return result

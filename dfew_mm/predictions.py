@@ -19,6 +19,12 @@ Crop level is a fast approximation that leaves detection, boxes and pose untouch
 re-runs detection on dark frames, so its quality columns (face_rate, pose_rate, luma) are those of
 the darkened frames. Files written before `darken_kind` existed hold only `none` and crop-level
 passes; `upgrade_predictions` adds the column when they are read.
+With `dfew_mm evaluate --attribution` the file has RELIANCE_COLUMNS after these: per clip and
+pass, `reliance_<modality>` = p(predicted class | all evaluated modalities) - p(predicted class |
+the same modalities but that one masked out), for each evaluated modality; empty (NaN) for the
+modalities the pass did not use. Positive: removing the modality lowers the model's confidence in
+its own answer, i.e. the prediction leaned on it; near 0: the modality did not matter for this clip;
+negative: the modality argued against the answer the others carry.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dfew_mm.constants import CLASSES, MODALITIES
 
 PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
 QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
+RELIANCE_COLUMNS = tuple(f"reliance_{m}" for m in MODALITIES)  # optional: `evaluate --attribution`
 PREDICTION_COLUMNS = (
     ("clip_id", "label", "pred", "correct") + PROB_COLUMNS
     + ("label_name", "pred_name", "modalities", "perturbation", "darken", "darken_kind", "run",
@@ -101,5 +108,5 @@ def prediction_frame(clip_ids: Sequence[str], labels: np.ndarray, probs: np.ndar
         frame["darken_kind"] = perturbation_kind(constants["perturbation"])
     quality = manifest.set_index("clip_id")[list(QUALITY_COLUMNS)]
     frame = frame.join(quality, on="clip_id")
-    extra = [c for c in frame.columns if c not in PREDICTION_COLUMNS]  # e.g. `checkpoint`, after the contract
+    extra = [c for c in frame.columns if c not in PREDICTION_COLUMNS]  # e.g. reliance_*, `checkpoint`, after the contract
     return frame[[c for c in PREDICTION_COLUMNS if c in frame.columns] + extra]

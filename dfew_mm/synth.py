@@ -5,7 +5,10 @@ Every clip carries its class through three independent cues, so each modality ca
   pose   arm posture and head tilt of a drawn upper body;
   audio  a voiced tone whose pitch, syllable rate, glide and vibrato depend on the class.
 Each cue is shown with a per-clip strength and, with probability `confusion`, shows another
-class, so no single modality is perfect and fusion has something to add. A `dark_share` of the
+class, so no single modality is perfect and fusion has something to add. `cues` picks which
+modalities carry the label at all: the others show an independent random class per clip (still a
+clean face, posture or voice, only unrelated to the label), so that a fusion model can be checked
+where the right answer is known: it must find the modality that carries the signal. A `dark_share` of the
 clips is filmed in low light (gain, gamma, sensor noise): the small facial strokes drown in
 noise and compression while the large body shapes and the audio survive.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dfew_mm.constants import CLASSES, NUM_CLASSES
+from dfew_mm.errors import ConfigError
 
 # px; both multiples of 16: with a partial macroblock row x264 reads uninitialised padding and
 # the same frames no longer encode bit-exactly
@@ -28,6 +32,7 @@ HEAD_HEIGHT = 40  # px; the whole body spans ~8 head heights, so hips and knees 
 FPS = 24
 AUDIO_RATE = 44_100  # Hz, like the DFEW originals
 N_FOLDS = 5
+CUES = ("face", "pose", "audio")  # the modalities that can carry the label
 
 # Per-class cue parameters. Face: mouth curve (+ smile), mouth open (0..1), brow tilt
 # (+ inner ends down, angry), brow raise (px), eye open (1 normal). Pose: wrist targets
@@ -70,6 +75,22 @@ class SynthConfig:
     confusion: float = 0.12  # per modality: chance that a clip shows another class's cue
     dark_gain: tuple[float, float] = (0.18, 0.28)  # low-light exposure gain range
     dark_noise: float = 7.0  # sensor noise std in 0..255 after the gain
+    # modalities whose cue shows the label (a subset of CUES); the others show a random class per clip
+    cues: tuple[str, ...] = CUES
+
+    def __post_init__(self):
+        object.__setattr__(self, "cues", parse_cues(self.cues))
+
+
+def parse_cues(cues: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """'audio' or 'face,pose' or a sequence -> checked tuple in CUES order; unknown names list the valid ones."""
+    names = [n.strip() for n in cues.split(",")] if isinstance(cues, str) else [str(n).strip() for n in cues]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in CUES]
+    if unknown or not names:
+        raise ConfigError(f"unknown cue {', '.join(unknown) or '(none given)'}: valid cues are {', '.join(CUES)} "
+                          "(any non-empty subset, comma-separated)")
+    return tuple(c for c in CUES if c in names)
 
 
 @dataclass(frozen=True)
@@ -92,13 +113,15 @@ def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
     dark = np.zeros(cfg.clips, bool)
     dark[rng.permutation(cfg.clips)[: round(cfg.dark_share * cfg.clips)]] = True
 
-    def shown(label: int) -> int:
+    def shown(label: int, cue: str) -> int:
+        if cue not in cfg.cues:  # label-independent: a class drawn for this clip alone
+            return int(rng.integers(NUM_CLASSES))
         if rng.random() < cfg.confusion:
             return int(rng.choice([c for c in range(NUM_CLASSES) if c != label]))
         return int(label)
 
     return [
-        ClipSpec(i + 1, int(lab), bool(dark[i]), shown(lab), shown(lab), shown(lab),
+        ClipSpec(i + 1, int(lab), bool(dark[i]), shown(lab, "face"), shown(lab, "pose"), shown(lab, "audio"),
                  float(rng.uniform(0.6, 1.0)), int(rng.integers(2**31)))
         for i, lab in enumerate(labels)
     ]

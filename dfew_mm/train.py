@@ -21,11 +21,11 @@ import pandas as pd
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
+from dfew_mm.balance import Balancer, fit_member_weights
 from dfew_mm.batch import batch_to, collate
 from dfew_mm.checkpoint import (load_weights, model_config_diff, read_checkpoint, remove_stale_checkpoint_temps,
                                 rng_state, save_checkpoint, set_rng_state)
@@ -111,16 +111,32 @@ def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path,
 
 # -- optimiser ----------------------------------------------------------------------------------
 def make_optimizer(model: EmotionModel, cfg: ExperimentConfig, steps_per_epoch: int):
-    """AdamW with a lower rate for pretrained encoders, no decay on biases and norms; warmup + cosine."""
+    """AdamW with a lower rate for pretrained encoders, per-modality lr factors and weight decay
+    (`train.encoder_lr_scale`, `train.encoder_weight_decay`), no decay on biases and norms; warmup +
+    cosine. Each param group records its modality (None for fusion and heads) for OGM-GE."""
+    t = cfg.train
+    for key, table in (("encoder_lr_scale", t.encoder_lr_scale), ("encoder_weight_decay", t.encoder_weight_decay)):
+        unknown = [m for m in table if m not in model.modalities]
+        if unknown:
+            raise ConfigError(f"train.{key} names {unknown}, which this model does not have "
+                              f"(its modalities: {', '.join(model.modalities)})")
     slow = {id(p) for p in model.pretrained_parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
+    modality_of = {id(p): m for m in model.modalities for p in model.encoder_parameters(m)}
+    groups: dict[tuple[str, bool, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            groups.setdefault((id(p) in slow, p.ndim >= 2), []).append(p)
-    t = cfg.train
-    opt = torch.optim.AdamW([{"params": ps, "lr": t.lr * (t.backbone_lr_scale if is_slow else 1.0),
-                              "weight_decay": t.weight_decay if decay else 0.0}
-                             for (is_slow, decay), ps in sorted(groups.items())], lr=t.lr, betas=(0.9, 0.999))
+            groups.setdefault((modality_of.get(id(p), ""), id(p) in slow, p.ndim >= 2), []).append(p)
+
+    def options(modality: str, is_slow: bool, decay: bool) -> dict:
+        lr = t.lr * (t.backbone_lr_scale if is_slow else 1.0) * t.encoder_lr_scale.get(modality, 1.0)
+        return {"lr": lr, "weight_decay": t.encoder_weight_decay.get(modality, t.weight_decay) if decay else 0.0,
+                "modality": modality or None}
+
+    # the fused kernel: one pass over all parameters; on CPU the optimiser step of the tiny config
+    # (11M parameters, 4 clips a batch) takes a third of the time of the default foreach step
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    opt = torch.optim.AdamW([{"params": ps, **options(*key)} for key, ps in sorted(groups.items())],
+                            lr=t.lr, betas=(0.9, 0.999), fused=fused)
     total = max(1, t.epochs * steps_per_epoch)
     warmup = min(int(t.warmup_epochs * steps_per_epoch), total - 1)
 
@@ -187,6 +203,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch)
     weights = class_weights(splits.train.labels).to(d.device) if cfg.train.class_balance == "weighted_loss" else None
+    balance = Balancer(model, cfg.train, weights)  # fused + unimodal losses, OGM-GE (dfew_mm/balance.py)
 
     start_epoch, best = 0, {"uar": -1.0, "epoch": -1}
     if resume:
@@ -230,9 +247,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
             boundary = (i + 1) % cfg.train.grad_accum == 0 or i + 1 == len(train_loader)
             sync = net.no_sync() if d.world > 1 and not boundary else nullcontext()
             with sync, autocast(d.device, cfg.train.amp):
-                logits = step_fn(batch)  # (B, 7)
-                loss = F.cross_entropy(logits.float(), batch["label"], weight=weights,
-                                       label_smoothing=cfg.train.label_smoothing)
+                out = step_fn(batch, return_unimodal=True) if balance.wants_unimodal else step_fn(batch)
+                loss = balance.loss(out, batch["label"])
             # NaN guard: every rank must agree to skip, or DDP's gradient all-reduce would hang
             finite = torch.isfinite(loss.detach()).float()
             if d.world > 1:
@@ -250,6 +266,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
             if boundary:
                 if cfg.train.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                balance.before_step(model, opt, d.world)  # OGM-GE: per-modality step sizes
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
@@ -260,7 +277,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         totals = gather((seen, loss_sum), d)
         seen_all = sum(s for s, _ in totals)
 
-        # -- validation and checkpoints
+        # -- validation and checkpoints (late/both fusion: member weights from validation first)
+        weights_record = fit_member_weights(model, val_loader, d, cfg.train.amp)
         val, _ = evaluate_loader(model, val_loader, d, cfg.train.amp)
         improved = best["epoch"] < 0 or val["uar"] > best["uar"]
         if improved:
@@ -268,7 +286,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         record = {"epoch": epoch, "train_loss": sum(ls for _, ls in totals) / max(seen_all, 1),
                   "lr": opt.param_groups[-1]["lr"], "clips_per_s": seen_all / train_s, "nan_skipped": skipped,
                   "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
-                  "best_epoch": best["epoch"]}
+                  "best_epoch": best["epoch"],
+                  **balance.epoch_record(), **weights_record}
         rng = gather(rng_state(), d)
         if d.main:
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],

@@ -12,8 +12,8 @@ import pytest
 
 from dfew_mm.constants import CLASSES
 from dfew_mm.errors import ConfigError, StoreError
-from dfew_mm.evaluate import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, Darken, darken, evaluate,
-                              metrics_path_for, parse_darken, parse_modalities)
+from dfew_mm.evaluate import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, RELIANCE_COLUMNS, Darken, darken,
+                              evaluate, metrics_path_for, parse_darken, parse_modalities)
 from dfew_mm.metrics import classification_metrics
 
 
@@ -139,6 +139,33 @@ def test_evaluate_cli_rejects_modalities_the_model_lacks(trained_run, tmp_path, 
     code = main(["evaluate", "--checkpoint", str(trained_run["run"] / "best.pt"), "--store",
                  str(trained_run["store"]), "--modalities", "video+pose", "--out", str(tmp_path / "x.csv")])
     assert code == 2 and "cannot use ['pose']" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_attribution_adds_leave_one_modality_out_reliance(trained_run, tmp_path):
+    run, store = trained_run["run"], trained_run["store"]
+    result = evaluate(run / "best.pt", store, darken="0,1", out_csv=tmp_path / "all.csv", attribution=True)
+    frame = pd.read_csv(tmp_path / "all.csv", dtype={"clip_id": str})
+    assert list(frame.columns) == [*PREDICTION_COLUMNS, *RELIANCE_COLUMNS]
+    assert frame["reliance_pose"].isna().all()  # the model has no pose: empty, not 0
+    # reliance = p(pred | video+audio) - p(pred | the other one alone), clip by clip and pass by pass
+    for masked, kept in (("video", "audio"), ("audio", "video")):
+        evaluate(run / "best.pt", store, modalities=kept, darken="0,1", out_csv=tmp_path / f"{kept}.csv")
+        alone = pd.read_csv(tmp_path / f"{kept}.csv", dtype={"clip_id": str})
+        rows = np.arange(len(frame))
+        pred = frame["pred"].to_numpy()
+        expected = (frame[list(PROB_COLUMNS)].to_numpy()[rows, pred] - alone[list(PROB_COLUMNS)].to_numpy()[rows, pred])
+        assert np.allclose(frame[f"reliance_{masked}"], expected, atol=1e-6)
+    assert set(result["passes"][0]["mean_reliance"]) == {"video", "audio"} and result["attribution"]
+
+
+def test_attribution_needs_two_modalities(trained_run, tmp_path, capsys):
+    from dfew_mm.cli import main
+
+    code = main(["evaluate", "--checkpoint", str(trained_run["run"] / "best.pt"), "--store",
+                 str(trained_run["store"]), "--modalities", "video", "--attribution", "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "needs at least two" in err and "only video" in err
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -240,3 +240,20 @@ def test_scene_darkened_clips_without_an_original_pass(both_kinds, caplog):
     data = analysis.load_predictions(both_kinds)
     assert data.loc[data["darken_kind"] == "scene", "brightness"].isna().all()
     assert "natural brightness is unknown" in caplog.text
+def test_reliance_table_means_per_light_and_modality(predictions):
+    data = analysis.load_predictions(predictions)
+    assert not analysis.has_reliance(data)  # files without --attribution: the section has nothing to show
+    assert analysis.reliance_table(data, ["1", "2"]).empty
+    fused = data["system"] == "video+pose+audio"
+    data.loc[fused, "reliance_video"] = np.where(data.loc[fused, "clip_id"].isin(["1", "2", "3", "4"]), 0.0, 0.4)
+    data.loc[fused, "reliance_audio"] = np.where(data.loc[fused, "clip_id"].isin(["1", "2", "3", "4"]), 0.5, 0.1)
+    dark = analysis.dark_clips(data)  # clips 1-4: face luma below 60 (clip 1 by its frame luma)
+    table = analysis.reliance_table(data, dark).set_index(["clips", "modality"])
+    assert list(table["system"].unique()) == ["video+pose+audio"] and len(table) == 4
+    assert table.loc[("low-light", "audio"), "reliance"] == pytest.approx(0.5)
+    assert table.loc[("normal", "video"), "reliance"] == pytest.approx(0.4)
+    assert (table["n"] == 4).all()
+    low, high = table.loc[("low-light", "audio"), ["reliance_low", "reliance_high"]]
+    assert low <= 0.5 <= high
+    fig = analysis.plot_reliance(table.reset_index())
+    assert len(fig.axes) == 1

@@ -96,3 +96,23 @@ def test_tiny_datasets(tmp_path, clips):
     summary = generate_dataset(tmp_path, SynthConfig(clips=clips, seconds=0.5))
     assert summary["clips"] == clips
     assert len(list((tmp_path / CLIP_DIR).glob("*.mp4"))) == clips
+
+
+def test_cues_choose_the_modalities_that_carry_the_label():
+    specs = plan_clips(SynthConfig(clips=700, cues=("audio",)))
+    agree = {m: np.mean([getattr(s, f"{m}_class") == s.label for s in specs]) for m in ("face", "pose", "audio")}
+    assert agree["audio"] > 0.8  # the cue, up to the confusion share
+    assert agree["face"] < 0.25 and agree["pose"] < 0.25  # independent of the label: about 1/7
+    assert SynthConfig(cues="pose, face").cues == ("face", "pose")  # any order, canonical order kept
+    default = plan_clips(SynthConfig(clips=50, seed=4))  # the default draws exactly what it drew before cues existed
+    assert default == plan_clips(SynthConfig(clips=50, seed=4, cues=("face", "pose", "audio")))
+
+
+def test_unknown_cue_lists_the_valid_names(tmp_path):
+    from dfew_mm.cli import main
+    from dfew_mm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown cue voice: valid cues are face, pose, audio"):
+        SynthConfig(cues=("face", "voice"))
+    assert main(["synth", "--out", str(tmp_path / "s"), "--clips", "1", "--cues", "voice"]) == 2
+    assert not (tmp_path / "s").exists()

@@ -77,7 +77,7 @@ def _worker_main(conn, log_path: str, options: ExtractOptions, model_paths: dict
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         conn.send(("init_failed", None, f"{type(err).__name__}: {err}"))
         os._exit(1)
-    faults = _faults()
+    faults, code = _faults(), 0
     try:
         conn.send(("ready", None, os.getpid()))
         while True:
@@ -102,9 +102,25 @@ def _worker_main(conn, log_path: str, options: ExtractOptions, model_paths: dict
                 return
             conn.send(("done", clip_id, record))
     except (EOFError, BrokenPipeError, ConnectionResetError):
-        return  # the parent is gone
+        pass  # the parent is gone
+    except SystemExit as stop:  # SIGTERM: the atomic write in flight has unwound
+        code = stop.code if isinstance(stop.code, int) else 1
+    except Exception:  # a fault of the worker itself: the parent records the clip from the exit status
+        log.exception("extraction worker failed")
+        code = 1
     finally:
+        _leave(extractor, code)
+
+
+def _leave(extractor, code: int) -> None:
+    """Close the models, then exit without interpreter clean-up: MediaPipe objects finalised during
+    shutdown print tracebacks and native log lines into the user's terminal."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a stop request from here on ends the process at once
+    try:
         extractor.close()
+    finally:
+        logging.shutdown()
+        os._exit(code)
 
 
 def extract_one(extractor, store: FeatureStore, clip_id: str, path: Path) -> dict:

@@ -12,6 +12,8 @@ from dfew_mm.config import FusionConfig
 from dfew_mm.constants import NUM_CLASSES
 
 TIME_UNIT_S = 0.01  # timestamps are embedded in 10 ms steps, so 10 ms apart is resolvable
+FUSION_MODES = ("transformer", "late", "both")
+MEMBER_WEIGHTS = ("validation", "equal")
 
 
 def time_embedding(seconds: torch.Tensor, dim: int) -> torch.Tensor:
@@ -79,6 +81,45 @@ class TemporalFusion(nn.Module):
         valid = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), *masks], dim=1)
         x = self.transformer(x, src_key_padding_mask=~valid)
         return self.norm(x[:, 0])  # (B, dim)
+
+
+class UnimodalHead(nn.Module):
+    """One modality's own classifier: its valid tokens (B, T, dim) averaged over time -> (B, 7) logits.
+
+    A clip without any valid token of the modality pools to zeros and gets the bias alone; the
+    caller knows it is absent (`mask.any(1)`) and leaves it out of losses and late fusion.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, dim)
+        return self.fc(self.norm(pooled))
+
+
+def mix_probabilities(logits: list[torch.Tensor], present: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Per clip, log sum_j w_j p_j / sum_j w_j over the members j present: J x (B, 7) logits, J x (B,)
+    bool, (J,) weights -> (B, 7) logits.
+
+    A clip where no member with a positive weight has input (say, no body found in a model whose
+    only informative head is the pose head) takes the weighted members anyway, which then predict
+    from their bias alone, as a single-modality model does without its input; members with no
+    weight never decide. Only when every weight is zero (before the first validation) do the
+    present members count alike.
+    """
+    probs = torch.stack(logits).float().softmax(-1)  # (J, B, 7)
+    there = torch.stack(present).float()  # (J, B)
+    weights = weights.float().unsqueeze(1)  # (J, 1)
+    w = weights * there  # (J, B)
+    fallback = weights.expand_as(w) if bool((weights > 0).any()) else there
+    w = torch.where(w.sum(0, keepdim=True) > 0, w, fallback)
+    w = torch.where(w.sum(0, keepdim=True) > 0, w, torch.ones_like(w))  # nothing present, no weights: all alike
+    mixed = (w.unsqueeze(-1) * probs).sum(0) / w.sum(0).unsqueeze(-1)  # (B, 7)
+    return mixed.clamp_min(1e-12).log()
 
 
 def build_head(cfg: FusionConfig) -> nn.Module:
