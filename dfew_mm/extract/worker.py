@@ -32,12 +32,16 @@ POSE_MODELS = ("full", "lite")
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """Settings that change the stored features (saved with the store, checked on resume)."""
+    """Settings that change the stored features (saved with the store, checked on resume).
+
+    The defaults are what users get: `preprocess/extract.py` with no flags runs `ExtractOptions()`,
+    and so do the demo, the benchmark and the test fixtures.
+    """
 
     frames: int = DEFAULT_FRAMES  # T, frames sampled uniformly per clip
     face_size: int = DEFAULT_FACE_SIZE  # S, px
     face_margin: float = 0.25  # crop side = longer face-box side x (1 + margin)
-    face_model: str = "full_range"  # finds small faces in medium shots too; 0.95 on DFEW samples
+    face_model: str = "auto"  # both BlazeFace models, the better track per clip (see FACE_MODELS)
     pose_model: str = "full"
     blendshapes: bool = False  # also store FaceLandmarker blendshapes (T, 52)
     detect_max_side: int = 640  # px, frames are downscaled to this before detection
