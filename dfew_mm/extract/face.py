@@ -1,7 +1,7 @@
 """Main-face tracking and square face crops.
 
-MediaPipe FaceDetector runs on every sampled frame; the main face is the largest detection,
-followed through the clip by overlap so that the crop does not jump to another person. Frames
+MediaPipe FaceDetector runs on every sampled frame; the main face is the one seen in the most
+frames, followed through the clip by overlap so that the crop does not jump to another person. Frames
 without a detection get a box interpolated from their neighbours, and boxes are lightly smoothed
 over time. When no face is found anywhere, a centred square crop stands in (face_mask all false).
 """
@@ -159,16 +159,38 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float) 
 def track_faces(detectors: list[FaceDetector], frames: np.ndarray) -> FaceTrack:
     """Detect, select the main face and fill/smooth its boxes for (T, H, W, 3) frames.
 
-    With several detectors (short- and full-range BlazeFace), each gives a main-face track and
-    the track covering most frames wins (then the higher summed score): close-ups suit the
-    short-range model, wide shots with small faces the full-range one, and one model per clip
-    keeps box sizes consistent.
+    With several detectors (short- then full-range BlazeFace) one model's track is kept per clip,
+    so box sizes stay consistent (the two models draw boxes of different sizes). The first
+    model's track is kept when it covers every frame: a close-up, which the short-range model is
+    made for. Otherwise the next model runs too and the track covering more frames wins (then
+    the higher summed score): medium and wide shots with small faces suit the full-range model.
     """
-    best = None
+    t = len(frames)
+    best = None  # (boxes, mask, scores) of the best track so far
     for detector in detectors:
-        boxes, mask, scores = select_main_face([detector.detect(frame) for frame in frames])
-        if best is None or (mask.sum(), scores.sum()) > (best[1].sum(), best[2].sum()):
-            best = (boxes, mask, scores)
+        need = 0 if best is None else int(best[1].sum())  # frames a track must cover to win or tie
+        detections = detect_until_hopeless(detector, frames, need)
+        if detections is not None:
+            boxes, mask, scores = select_main_face(detections)
+            if best is None or (mask.sum(), scores.sum()) > (best[1].sum(), best[2].sum()):
+                best = (boxes, mask, scores)
+        if best[1].all():
+            break  # no other model can cover more frames
     boxes, mask, _ = best
     aspect = frames.shape[2] / frames.shape[1]
     return FaceTrack(fill_and_smooth(boxes, mask, aspect), mask)
+
+
+def detect_until_hopeless(detector: FaceDetector, frames: np.ndarray, need: int) -> list[np.ndarray] | None:
+    """Per-frame (K, 5) detections, or None as soon as fewer than `need` frames can have a face.
+
+    A main-face track covers at most the frames with a detection, so once the frames with one so
+    far plus the frames left fall below `need`, this model's track cannot win and the rest is skipped.
+    """
+    detections, found = [], 0
+    for i, frame in enumerate(frames):
+        detections.append(detector.detect(frame))
+        found += len(detections[-1]) > 0
+        if found + len(frames) - 1 - i < need:
+            return None
+    return detections
