@@ -7,10 +7,15 @@ import numpy as np
 
 
 def to_mp_image(frame: np.ndarray):
-    """Wrap one (H, W, 3) uint8 RGB frame as a mediapipe.Image (needs a contiguous buffer)."""
+    """Wrap one (H, W, 3) uint8 RGB frame as a mediapipe.Image (needs a contiguous buffer; copies it)."""
     import mediapipe as mp
 
     return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+
+
+def to_mp_images(frames: np.ndarray) -> list:
+    """(T, H, W, 3) uint8 RGB -> T mediapipe.Images, made once and shared by the face and pose models."""
+    return [to_mp_image(frame) for frame in frames]
 
 
 def downscale(frames: np.ndarray, max_side: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from dfew_mm.extract.assets import resolve_model
 from dfew_mm.extract.audio import log_mel_fbank
 from dfew_mm.extract.decode import DecodeError, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
-from dfew_mm.extract.images import downscale
+from dfew_mm.extract.images import downscale, to_mp_image, to_mp_images
 from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_logs
 from dfew_mm.extract.pose import PoseEstimator
 from dfew_mm.extract.quality import frame_luma, masked_mean_luma, rms_db
@@ -113,10 +113,10 @@ class ClipExtractor:
             self._warm_up()
 
     def _warm_up(self) -> None:
-        blank = np.zeros((1, 64, 64, 3), np.uint8)
+        blank = to_mp_image(np.zeros((64, 64, 3), np.uint8))
         for detector in self.faces:
-            detector.detect(blank[0])
-        self.pose.estimate(blank, np.zeros(1, np.float32))
+            detector.detect(blank)
+        self.pose.estimate([blank], np.zeros(1, np.float32))
 
     def extract(self, clip_id: str, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
         """(manifest record, arrays); arrays is None for a failed clip. Never raises for bad input."""
@@ -143,7 +143,7 @@ class ClipExtractor:
         with native_stderr_silenced():  # decord logs damaged files itself; the record keeps the reason
             clip = decode_clip(path, opts.frames)
         watch.lap("decode")
-        small = downscale(clip.frames, opts.detect_max_side)  # (T, h, w, 3)
+        small = to_mp_images(downscale(clip.frames, opts.detect_max_side))  # T images of (h, w, 3)
         watch.lap("resize")
         track = track_faces(self.faces, small)
         watch.lap("face")
