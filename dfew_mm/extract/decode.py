@@ -23,7 +23,7 @@ class DecodeError(Exception):
 
 @dataclass
 class DecodedClip:
-    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    frames: list[np.ndarray]  # T frames (H, W, 3) uint8 RGB; a repeated index repeats the same array
     frame_index: np.ndarray  # (T,) int32, index of each sampled frame in the clip
     frame_time: np.ndarray  # (T,) float32 seconds
     n_frames: int  # frames in the clip
@@ -78,9 +78,9 @@ def _decode_decord(path: Path, t: int) -> DecodedClip:
     reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
     n_frames, fps = len(reader), float(reader.get_avg_fps())
     index = sample_indices(n_frames, t)
-    frames = _as_numpy(reader.get_batch(index.tolist()))  # (T, H, W, 3)
+    frames = _read_frames(reader, index)
     times = reader.get_frame_timestamp(index.tolist())[:, 0].astype(np.float32)  # frame start, s
-    height, width = frames.shape[1:3]
+    height, width = frames[0].shape[:2]
     del reader
     try:
         audio = AudioReader(str(path), ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
@@ -92,16 +92,21 @@ def _decode_decord(path: Path, t: int) -> DecodedClip:
     return DecodedClip(frames, index, times, n_frames, fps, width, height, samples, has_audio, "decord")
 
 
-def _as_numpy(batch) -> np.ndarray:
-    """A decord NDArray as a numpy array sharing its memory.
+def _read_frames(reader, index: np.ndarray) -> list[np.ndarray]:
+    """The frames at `index` (ascending), each decoded once, as arrays sharing decord's buffers.
 
-    `asnumpy()` would copy the frames into fresh memory (~100 MB for 16 frames at 1080p), and the
-    copy plus the kernel zeroing its pages costs about a tenth of the decoding; DLPack hands over
-    the buffer instead (the array keeps it alive).
+    `get_batch(index).asnumpy()` decodes the same way but then copies every frame twice, into one
+    batch buffer and into fresh numpy memory (~100 MB each for 16 frames at 1080p); the copies and
+    the kernel zeroing their pages cost about a fifth of the decoding. DLPack hands each decoded
+    frame over instead (the array keeps its buffer alive).
     """
     from torch.utils.dlpack import from_dlpack
 
-    return from_dlpack(batch.to_dlpack()).numpy()
+    decoded: dict[int, np.ndarray] = {}
+    for i in dict.fromkeys(index.tolist()):  # unique, in order: seeks only forwards
+        reader.seek_accurate(i)  # decodes without converting up to frame i (no-op when already there)
+        decoded[i] = from_dlpack(reader.next().to_dlpack()).numpy()  # (H, W, 3)
+    return [decoded[i] for i in index.tolist()]
 
 
 # -- PyAV fallback ---------------------------------------------------------------------------
@@ -131,10 +136,10 @@ def _decode_pyav(path: Path, t: int) -> DecodedClip:
                 break
     if len(kept) < len(wanted):
         raise DecodeError(f"only {len(kept)} of {len(wanted)} sampled frames could be decoded")
-    frames = np.stack([kept[int(i)] for i in index])  # (T, H, W, 3)
+    frames = [kept[int(i)] for i in index]
     times = np.array([kept_time[int(i)] for i in index], dtype=np.float32)
     samples, has_audio = _audio_pyav(path)
-    height, width = frames.shape[1:3]
+    height, width = frames[0].shape[:2]
     notes = [f"truncated: {n_frames} of {declared} frames decodable"] if declared > n_frames else []
     return DecodedClip(frames, index, times, n_frames, fps, width, height, samples, has_audio, "pyav", notes)
 
