@@ -134,12 +134,12 @@ def fill_and_smooth(boxes: np.ndarray, mask: np.ndarray, aspect: float) -> np.nd
     return np.concatenate([filled[:, :2] - half, filled[:, :2] + half], axis=1).astype(np.float32)
 
 
-def crop_faces(frames: list[np.ndarray], boxes: np.ndarray, size: int, margin: float) -> np.ndarray:
-    """Square crops (T, S, S, 3) from T frames (H, W, 3) around each box (T, 4).
+def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """Square crops (T, S, S, 3) from (T, H, W, 3) frames around each box (T, 4).
 
     The side is the longer box side x (1 + margin); parts outside the frame are black.
     """
-    t, (height, width) = len(frames), frames[0].shape[:2]
+    t, height, width = frames.shape[:3]
     out = np.zeros((t, size, size, 3), np.uint8)
     for i in range(t):
         x1, y1, x2, y2 = boxes[i] * np.array([width, height, width, height])
@@ -150,11 +150,11 @@ def crop_faces(frames: list[np.ndarray], boxes: np.ndarray, size: int, margin: f
         sx1, sy1 = max(left, 0), max(top, 0)
         sx2, sy2 = min(left + side_px, width), min(top + side_px, height)
         if (sx1, sy1, sx2, sy2) == (left, top, left + side_px, top + side_px):
-            square = frames[i][top:top + side_px, left:left + side_px]  # inside the frame: a view, no copy
+            square = frames[i, top:top + side_px, left:left + side_px]  # inside the frame: a view, no copy
         else:  # clip the square to the frame and paste it into a zero canvas: off-frame parts are black
             square = np.zeros((side_px, side_px, 3), np.uint8)
             if sx2 > sx1 and sy2 > sy1:
-                square[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frames[i][sy1:sy2, sx1:sx2]
+                square[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frames[i, sy1:sy2, sx1:sx2]
         interp = cv2.INTER_AREA if side_px > size else cv2.INTER_LINEAR
         cv2.resize(square, (size, size), dst=out[i], interpolation=interp)
     return out

@@ -13,18 +13,19 @@ def to_mp_image(frame: np.ndarray):
     return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
 
 
-def to_mp_images(frames: list[np.ndarray]) -> list:
+def to_mp_images(frames) -> list:
     """T frames (H, W, 3) uint8 RGB -> T mediapipe.Images, made once and shared by the face and pose models."""
     return [to_mp_image(frame) for frame in frames]
 
 
-def downscale(frames: list[np.ndarray], max_side: int) -> list[np.ndarray]:
-    """T frames (H, W, 3) -> T frames (h, w, 3) with max(h, w) <= max_side, aspect kept.
+def downscale(frames: np.ndarray, max_side: int) -> list[np.ndarray]:
+    """(T, H, W, 3) -> T frames (h, w, 3) with max(h, w) <= max_side, aspect kept.
 
     The detectors resize their input to 128-256 px anyway; handing them 1080p frames only costs
-    copies, while face crops are still cut from the full-resolution frames.
+    copies, while face crops are still cut from the full-resolution frames. A list, not a stacked
+    array: the frames only go on into mediapipe.Images.
     """
-    height, width = frames[0].shape[:2]
+    height, width = frames.shape[1:3]
     scale = max_side / max(height, width)
     if scale >= 1.0:
         return list(frames)

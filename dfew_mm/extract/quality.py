@@ -10,8 +10,8 @@ from dfew_mm.constants import LUMA_WEIGHTS
 _SILENCE_DB = -120.0  # floor for digital silence, dBFS
 
 
-def frame_luma(frames) -> np.ndarray:
-    """T frames (H, W, 3) uint8 RGB (a list or a (T, H, W, 3) array) -> (T,) float32 mean BT.601 luma in 0..255."""
+def frame_luma(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T,) float32 mean BT.601 luma in 0..255."""
     channel_means = np.array([cv2.mean(frame)[:3] for frame in frames]).reshape(-1, 3)  # (T, 3), fast SIMD means
     return (channel_means @ np.asarray(LUMA_WEIGHTS)).astype(np.float32)
 

@@ -17,7 +17,7 @@ import numpy as np
 from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES
 from dfew_mm.extract.assets import resolve_model
 from dfew_mm.extract.audio import log_mel_fbank
-from dfew_mm.extract.decode import DecodeError, decode_clip
+from dfew_mm.extract.decode import DecodeError, FrameBuffer, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
 from dfew_mm.extract.images import downscale, to_mp_image, to_mp_images
 from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_logs
@@ -100,6 +100,7 @@ class ClipExtractor:
     def __init__(self, options: ExtractOptions, model_paths: dict[str, Path]):
         self.options = options
         self.stage_s: dict[str, float] = {}
+        self.frame_buffer = FrameBuffer()  # decoded frames of the clip in progress
         quiet_decoder_logs()
         with native_stderr_silenced():  # MediaPipe start-up chatter, including the first inference
             self.faces = [FaceDetector(model_paths[key], options.face_confidence)
@@ -141,7 +142,7 @@ class ClipExtractor:
         watch = Stopwatch()
         self.stage_s = watch.seconds
         with native_stderr_silenced():  # decord logs damaged files itself; the record keeps the reason
-            clip = decode_clip(path, opts.frames)
+            clip = decode_clip(path, opts.frames, self.frame_buffer)
         watch.lap("decode")
         small = to_mp_images(downscale(clip.frames, opts.detect_max_side))  # T images of (h, w, 3)
         watch.lap("resize")
