@@ -17,8 +17,11 @@ quality stats, write) the mean seconds over the rounds. Then clips/s with 2 work
 --cli: per round, `preprocess/extract.py --workers 1` on the clips listed once and on the clips
 listed twice (other ids), each into a fresh store; (t_twice - t_once) / clips is the time per clip
 with the start-up (imports, model loading) cancelled out. The two methods agree within about 10%.
+The CLI processes get OMP_NUM_THREADS=1 unless it is set (one core per worker).
 
-The last line is the ratio extraction/floor (target <= 1.8).
+Both print the per-round ratios of wall-clock time and of CPU time; on a machine shared with other
+jobs the CPU-time ratio moves less. The last line is the wall-clock ratio extraction/floor, the
+median over rounds (target <= 1.8).
 """
 
 from __future__ import annotations
@@ -236,7 +239,8 @@ def main() -> int:
     parser.add_argument("--clips-dir", type=Path, default=SHARED / "data" / "clips" / "dfew_samples")
     parser.add_argument("--assets-dir", type=Path, default=SHARED / "assets" / "mediapipe")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
-    parser.add_argument("--cli", action="store_true", help="time the whole CLI process instead (14 clips minus 7)")
+    parser.add_argument("--cli", action="store_true",
+                        help="time the whole CLI process instead (the clips twice minus once)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the CLI processes: one core per worker
