@@ -337,13 +337,17 @@ def test_auto_face_model_runs_the_second_model_only_when_it_can_win():
 
 
 def test_decoded_frames_match_decord_batch(tmp_path):
-    """Frames taken one by one through DLPack equal decord's batch, also for rows that are not
-    16-byte multiples and for the repeated indices of a clip shorter than T."""
+    """Frames taken one by one through DLPack into a reused buffer equal decord's batch, also for
+    rows that are not 16-byte multiples, the repeated indices of a clip shorter than T, and a buffer
+    that held a larger clip before."""
     from decord import VideoReader, cpu
 
-    for n_frames, size in ((40, (854, 482)), (5, (162, 90))):
+    from dfew_mm.extract.decode import FrameBuffer
+
+    buffer = FrameBuffer()
+    for n_frames, size in ((40, (854, 482)), (5, (162, 90)), (40, (854, 482))):
         path = _write_video(tmp_path / f"clip_{n_frames}.mp4", n_frames, size=size)
-        clip = decode_clip(path, T)
+        clip = decode_clip(path, T, buffer)
         expected = VideoReader(str(path), ctx=cpu(0)).get_batch(clip.frame_index.tolist()).asnumpy()
         assert clip.backend == "decord" and len(clip.frames) == T
         assert all(np.array_equal(frame, expected[i]) for i, frame in enumerate(clip.frames))
