@@ -1,7 +1,7 @@
 """Main-face tracking and square face crops.
 
-MediaPipe FaceDetector runs on every sampled frame; the main face is the largest detection,
-followed through the clip by overlap so that the crop does not jump to another person. Frames
+MediaPipe FaceDetector runs on every sampled frame; the main face is the one seen in the most
+frames, followed through the clip by overlap so that the crop does not jump to another person. Frames
 without a detection get a box interpolated from their neighbours, and boxes are lightly smoothed
 over time. When no face is found anywhere, a centred square crop stands in (face_mask all false).
 """
@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfew_mm.extract.images import to_mp_image
 
 LINK_DISTANCE = 1.0  # a detection continues the main-face track if its centre moved < this x face size
 LINK_SCALE = 2.0  # ... and its size changed by less than this factor
@@ -40,10 +39,10 @@ class FaceDetector:
             running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_confidence)
         self._detector = vision.FaceDetector.create_from_options(options)
 
-    def detect(self, frame: np.ndarray) -> np.ndarray:
-        """(K, 5) float32 rows x1, y1, x2, y2 (normalised), score for one (H, W, 3) RGB frame."""
-        height, width = frame.shape[:2]
-        result = self._detector.detect(to_mp_image(frame))
+    def detect(self, image) -> np.ndarray:
+        """(K, 5) float32 rows x1, y1, x2, y2 (normalised), score for one RGB mediapipe.Image."""
+        height, width = image.height, image.width
+        result = self._detector.detect(image)
         rows = []
         for det in result.detections:
             box = det.bounding_box
@@ -136,7 +135,10 @@ def fill_and_smooth(boxes: np.ndarray, mask: np.ndarray, aspect: float) -> np.nd
 
 
 def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float) -> np.ndarray:
-    """Square crops (T, S, S, 3) around each box, side = longer box side x (1 + margin), zero-padded."""
+    """Square crops (T, S, S, 3) from (T, H, W, 3) frames around each box (T, 4).
+
+    The side is the longer box side x (1 + margin); parts outside the frame are black.
+    """
     t, height, width = frames.shape[:3]
     out = np.zeros((t, size, size, 3), np.uint8)
     for i in range(t):
@@ -145,30 +147,53 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float) 
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
         side_px = max(int(round(side)), 1)
-        # Clip the square to the frame and paste it into a zero canvas, so off-frame parts are black.
         sx1, sy1 = max(left, 0), max(top, 0)
         sx2, sy2 = min(left + side_px, width), min(top + side_px, height)
-        canvas = np.zeros((side_px, side_px, 3), np.uint8)
-        if sx2 > sx1 and sy2 > sy1:
-            canvas[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frames[i, sy1:sy2, sx1:sx2]
+        if (sx1, sy1, sx2, sy2) == (left, top, left + side_px, top + side_px):
+            square = frames[i, top:top + side_px, left:left + side_px]  # inside the frame: a view, no copy
+        else:  # clip the square to the frame and paste it into a zero canvas: off-frame parts are black
+            square = np.zeros((side_px, side_px, 3), np.uint8)
+            if sx2 > sx1 and sy2 > sy1:
+                square[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frames[i, sy1:sy2, sx1:sx2]
         interp = cv2.INTER_AREA if side_px > size else cv2.INTER_LINEAR
-        out[i] = cv2.resize(canvas, (size, size), interpolation=interp)
+        cv2.resize(square, (size, size), dst=out[i], interpolation=interp)
     return out
 
 
-def track_faces(detectors: list[FaceDetector], frames: np.ndarray) -> FaceTrack:
-    """Detect, select the main face and fill/smooth its boxes for (T, H, W, 3) frames.
+def track_faces(detectors: list[FaceDetector], images: list) -> FaceTrack:
+    """Detect, select the main face and fill/smooth its boxes in T frames (mediapipe.Images).
 
-    With several detectors (short- and full-range BlazeFace), each gives a main-face track and
-    the track covering most frames wins (then the higher summed score): close-ups suit the
-    short-range model, wide shots with small faces the full-range one, and one model per clip
-    keeps box sizes consistent.
+    With several detectors (short- then full-range BlazeFace) one model's track is kept per clip,
+    so box sizes stay consistent (the two models draw boxes of different sizes). The first
+    model's track is kept when it covers every frame: a close-up, which the short-range model is
+    made for. Otherwise the next model runs too and the track covering more frames wins (then
+    the higher summed score): medium and wide shots with small faces suit the full-range model.
     """
-    best = None
+    best = None  # (boxes, mask, scores) of the best track so far
     for detector in detectors:
-        boxes, mask, scores = select_main_face([detector.detect(frame) for frame in frames])
-        if best is None or (mask.sum(), scores.sum()) > (best[1].sum(), best[2].sum()):
-            best = (boxes, mask, scores)
+        need = 0 if best is None else int(best[1].sum())  # frames a track must cover to win or tie
+        detections = detect_until_hopeless(detector, images, need)
+        if detections is not None:
+            boxes, mask, scores = select_main_face(detections)
+            if best is None or (mask.sum(), scores.sum()) > (best[1].sum(), best[2].sum()):
+                best = (boxes, mask, scores)
+        if best[1].all():
+            break  # no other model can cover more frames
     boxes, mask, _ = best
-    aspect = frames.shape[2] / frames.shape[1]
+    aspect = images[0].width / images[0].height
     return FaceTrack(fill_and_smooth(boxes, mask, aspect), mask)
+
+
+def detect_until_hopeless(detector: FaceDetector, images: list, need: int) -> list[np.ndarray] | None:
+    """Per-frame (K, 5) detections, or None as soon as fewer than `need` frames can have a face.
+
+    A main-face track covers at most the frames with a detection, so once the frames with one so
+    far plus the frames left fall below `need`, this model's track cannot win and the rest is skipped.
+    """
+    detections, found = [], 0
+    for i, image in enumerate(images):
+        detections.append(detector.detect(image))
+        found += len(detections[-1]) > 0
+        if found + len(images) - 1 - i < need:
+            return None
+    return detections

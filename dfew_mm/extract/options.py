@@ -27,7 +27,7 @@ class ExtractOptions:
     frames: int = DEFAULT_FRAMES  # T, frames sampled uniformly per clip
     face_size: int = DEFAULT_FACE_SIZE  # S, px
     face_margin: float = 0.25  # crop side = longer face-box side x (1 + margin)
-    face_model: str = "full_range"  # finds small faces in medium shots too; 0.95 on DFEW samples
+    face_model: str = "auto"  # short-range BlazeFace, the full-range one where it misses (FACE_MODELS)
     pose_model: str = "full"
     blendshapes: bool = False  # also store FaceLandmarker blendshapes (T, 52)
     detect_max_side: int = 640  # px, frames are downscaled to this before detection

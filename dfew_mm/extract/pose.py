@@ -30,18 +30,18 @@ class PoseEstimator:
         self._landmarker = vision.PoseLandmarker.create_from_options(options)
         self._clock_ms = 0
 
-    def estimate(self, frames: np.ndarray, frame_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(T, H, W, 3) frames and (T,) times in s -> pose (T, 33, 4) float32, mask (T,) bool."""
-        t = len(frames)
+    def estimate(self, images: list, frame_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """T frames (RGB mediapipe.Images) and (T,) times in s -> pose (T, 33, 4) float32, mask (T,) bool."""
+        t = len(images)
         pose = np.zeros((t, N_POSE_LANDMARKS, POSE_CHANNELS), np.float32)
         mask = np.zeros(t, bool)
         self._reset()
         start = self._clock_ms
-        for i, frame in enumerate(frames):
+        for i, image in enumerate(images):
             # Timestamps follow the clip but must strictly increase (repeated frames in short clips).
             stamp = max(start + int(round(float(frame_time[i]) * 1000)), self._clock_ms + 1)
             self._clock_ms = stamp
-            result = self._landmarker.detect_for_video(to_mp_image(frame), stamp)
+            result = self._landmarker.detect_for_video(image, stamp)
             if result.pose_landmarks:
                 pose[i] = [(p.x, p.y, p.z, p.visibility if p.visibility is not None else 0.0)
                            for p in result.pose_landmarks[0]]

@@ -29,7 +29,6 @@ from dfew_mm.files import atomic_write_bytes, remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
 from dfew_mm.extract.options import ABSENT_SETTINGS, DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
 from dfew_mm.extract.pool import SupervisedPool
-from dfew_mm.extract.pool import limit_threads  # noqa: F401  (benchmarks use one core like a worker)
 
 log = logging.getLogger(__name__)
 

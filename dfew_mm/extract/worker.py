@@ -15,9 +15,9 @@ import numpy as np
 
 from dfew_mm.extract.assets import resolve_model
 from dfew_mm.extract.audio import log_mel_fbank
-from dfew_mm.extract.decode import DecodeError, decode_clip
+from dfew_mm.extract.decode import DecodeError, FrameBuffer, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
-from dfew_mm.extract.images import downscale
+from dfew_mm.extract.images import downscale, to_mp_image, to_mp_images
 from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_logs
 from dfew_mm.extract.options import ExtractOptions
 from dfew_mm.extract.pose import PoseEstimator
@@ -31,11 +31,34 @@ def resolve_models(options: ExtractOptions, assets_dir: str | Path | None) -> di
     return {key: resolve_model(key, assets_dir) for key in options.model_keys()}
 
 
+STAGES = ("decode", "darken", "resize", "face", "crop", "pose", "audio", "quality", "blendshapes")  # in run order
+
+
+class Stopwatch:
+    """Seconds per stage of one clip: one perf_counter read per stage boundary (well under 1 µs)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the previous lap (or the start) to `stage`."""
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
 class ClipExtractor:
-    """Holds one set of MediaPipe instances; create one per worker process."""
+    """Holds one set of MediaPipe instances; create one per worker process.
+
+    `stage_s` holds the seconds per stage (STAGES) of the last extracted clip, for profiling;
+    writing the clip is the caller's and is not included.
+    """
 
     def __init__(self, options: ExtractOptions, model_paths: dict[str, Path]):
         self.options = options
+        self.stage_s: dict[str, float] = {}
+        self.frame_buffer = FrameBuffer()  # decoded frames of the clip in progress
         quiet_decoder_logs()
         with native_stderr_silenced():  # MediaPipe start-up chatter, including the first inference
             self.faces = [FaceDetector(model_paths[key], options.face_confidence)
@@ -49,10 +72,10 @@ class ClipExtractor:
             self._warm_up()
 
     def _warm_up(self) -> None:
-        blank = np.zeros((1, 64, 64, 3), np.uint8)
+        blank = to_mp_image(np.zeros((64, 64, 3), np.uint8))
         for detector in self.faces:
-            detector.detect(blank[0])
-        self.pose.estimate(blank, np.zeros(1, np.float32))
+            detector.detect(blank)
+        self.pose.estimate([blank], np.zeros(1, np.float32))
 
     def extract(self, clip_id: str, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
         """(manifest record, arrays); arrays is None for a failed clip. Never raises for bad input."""
@@ -74,17 +97,26 @@ class ClipExtractor:
 
     def _extract(self, path: Path, clip_id: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
         opts = self.options
+        watch = Stopwatch()
+        self.stage_s = watch.seconds
         with native_stderr_silenced():  # decord logs damaged files itself; the record keeps the reason
-            clip = decode_clip(path, opts.frames)
+            clip = decode_clip(path, opts.frames, self.frame_buffer)
+        watch.lap("decode")
         if opts.darken > 0:  # scene-level low light: everything below sees the darkened frames
             clip.frames = darken_frames(clip.frames, opts.darken, clip_rng(clip_id, opts.darken_seed))
-        small = downscale(clip.frames, opts.detect_max_side)  # (T, h, w, 3)
+            watch.lap("darken")
+        small = to_mp_images(downscale(clip.frames, opts.detect_max_side))  # T images of (h, w, 3)
+        watch.lap("resize")
         track = track_faces(self.faces, small)
+        watch.lap("face")
         margin = opts.face_margin if track.mask.any() else 0.0  # the centre fallback crop stays in frame
         faces = crop_faces(clip.frames, track.boxes, opts.face_size, margin)  # (T, S, S, 3)
+        watch.lap("crop")
         with native_stderr_silenced():  # a harmless projection warning on the first non-square frame
             pose, pose_mask = self.pose.estimate(small, clip.frame_time)
+        watch.lap("pose")
         audio = log_mel_fbank(clip.audio)  # (F, 128) float16
+        watch.lap("audio")
         luma = frame_luma(clip.frames)  # (T,), full resolution (cv2.mean is cheap)
 
         arrays = {
@@ -94,7 +126,9 @@ class ClipExtractor:
             "luma": luma,
         }
         if self.blendshapes is not None:
+            watch.lap("quality")
             arrays["blendshapes"] = self.blendshapes.estimate(faces, track.mask)  # (T, 52)
+            watch.lap("blendshapes")
 
         notes = list(clip.notes)
         if clip.n_frames < opts.frames:
@@ -116,6 +150,7 @@ class ClipExtractor:
             "luma_mean": _round(float(luma.mean())),
             "face_luma_mean": _round(masked_mean_luma(faces, track.mask)),
         }
+        watch.lap("quality")
         return arrays, stats, notes
 
     def close(self) -> None:
