@@ -2,10 +2,12 @@
 
     python benchmarks/train_bench.py                  # configs/tiny.yaml on CPU
     python benchmarks/train_bench.py --cuda           # + default.yaml variants on the GPU
+    python benchmarks/train_bench.py model.fusion.mode=transformer train.aux_weight=0   # another recipe
 
-The floor is the same model's optimiser step on one batch already in device memory (no data
-loading), measured in the same run; the ratio end-to-end / compute-only (last line) says how much
-the input pipeline costs. On CUDA the default config (ResNet-18 at 112 px, 16 frames, pose, AST,
+Each step is the training step of train.py: the config's loss (fused head plus unimodal heads,
+dfew_mm.balance) and optimiser. The floor is the same model's step on one batch already in device
+memory (no data loading), measured in the same run; the ratio end-to-end / compute-only (last
+line) says how much the input pipeline costs. On CUDA the default config (ResNet-18 at 112 px, 16 frames, pose, AST,
 fusion) is timed in bf16 and fp32, with and without channels_last and torch.compile.
 """
 
@@ -19,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from dfew_mm.balance import Balancer
 from dfew_mm.config import load_config
 from dfew_mm.batch import batch_to, collate
 from dfew_mm.data.dataset import ClipDataset
@@ -39,10 +41,13 @@ def forever(loader: DataLoader):
         yield from loader
 
 
-def step(model, opt, batch, amp: bool) -> None:
+def step(model, balance: Balancer, opt, batch, amp: bool) -> None:
+    """One training step as train.py takes it: the config's loss (fused + unimodal heads), OGM-GE."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        loss = F.cross_entropy(model(batch).float(), batch["label"])
+        out = model(batch, return_unimodal=True) if balance.wants_unimodal else model(batch)
+        loss = balance.loss(out, batch["label"])
     loss.backward()
+    balance.before_step(model, opt)
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -60,6 +65,7 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_ else model
     opt, _ = make_optimizer(model, cfg, steps)
+    balance = Balancer(model, cfg.train)
     labels = np.arange(len(ids)) % 7
     dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
@@ -68,18 +74,18 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
     batches = forever(loader)
     fixed = batch_to(next(batches), device)
     for _ in range(3):  # warm-up: kernels, compile, allocator
-        step(net, opt, fixed, amp)
+        step(net, balance, opt, fixed, amp)
     compute = end_to_end = 0.0
     for _ in range(rounds):  # alternate, best of each: other load on the machine hits both alike
         sync(device)
         tic = time.perf_counter()
         for _ in range(steps):
-            step(net, opt, fixed, amp)
+            step(net, balance, opt, fixed, amp)
         sync(device)
         compute = max(compute, steps * cfg.train.batch_size / (time.perf_counter() - tic))
         tic = time.perf_counter()
         for _ in range(steps):
-            step(net, opt, batch_to(next(batches), device), amp)
+            step(net, balance, opt, batch_to(next(batches), device), amp)
         sync(device)
         end_to_end = max(end_to_end, steps * cfg.train.batch_size / (time.perf_counter() - tic))
     return end_to_end, compute
@@ -92,6 +98,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds, best of each")
     p.add_argument("--clips", type=int, default=96, help="clips in the random store")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides for every variant, e.g. model.fusion.mode=transformer train.aux_weight=0")
     args = p.parse_args()
 
     variants = [("tiny", "cpu", False, False, False)]
@@ -105,7 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stores: dict[str, tuple[FeatureStore, list[str]]] = {}
         for name, device, amp, cl, comp in variants:
-            cfg = load_config(name, ["model.video.pretrained=false", "model.audio.pretrained=false"])
+            cfg = load_config(name, ["model.video.pretrained=false", "model.audio.pretrained=false", *args.overrides])
             if name not in stores:
                 path = Path(tmp) / name
                 ids = write_random_store(path, args.clips, 16, cfg.data.face_size, cfg.data.audio_frames)

@@ -443,12 +443,13 @@ def _finish_distributed() -> bool:
 def _add_demo(sub) -> None:
     from dfew_mm import demo
 
-    p = _parser(sub, "demo", "End to end on synthetic data: synth -> extract -> train (video, video+pose+audio) -> "
-                "evaluate under darkening -> low-light report. A few minutes on 2 CPU cores.",
-                "dfew_mm demo", "dfew_mm demo --out /tmp/demo --assets-dir ../shared/assets/mediapipe")
+    p = _parser(sub, "demo", "End to end on synthetic data: synth -> extract -> train (video, pose, audio, "
+                "video+pose+audio) -> evaluate under darkening -> low-light report. About 5 minutes on 2 CPU cores.",
+                "dfew_mm demo", "dfew_mm demo --out /tmp/demo --assets-dir ../shared/assets/mediapipe --seed 1")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo); reruns resume")
     p.add_argument("--assets-dir", type=Path, help="folder with the MediaPipe model files (or set DFEW_MM_ASSETS)")
     p.add_argument("--clips", type=int, default=demo.DEMO_CLIPS, help="synthetic clips (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data, split and training (default %(default)s)")
     p.add_argument("--epochs", type=int, help="training epochs (default: configs/tiny.yaml)")
     p.add_argument("--workers", type=int, default=demo.DEMO_WORKERS,
                    help="processes for synthesis and extraction (default %(default)s)")
@@ -461,18 +462,20 @@ def _run_demo(args) -> int:
 
     import pandas as pd
 
-    from dfew_mm.demo import run_demo
+    from dfew_mm.demo import format_summary, run_demo
 
     _check_numbers(args, clips=(1, None), epochs=(1, None), workers=(1, None))
     tic = time.perf_counter()
-    result = run_demo(args.out, args.assets_dir, args.clips, args.epochs, args.workers, args.darken,
+    result = run_demo(args.out, args.assets_dir, args.clips, args.epochs, args.workers, args.darken, seed=args.seed,
                       overrides=args.overrides)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("\nUAR (%) on the synthetic test fold by modality subset and crop-level darkening strength:")
-        print(result.summary.to_string())
+        print(f"\nseed {args.seed}: " + format_summary(result.summary))
+        print("\nUAR (%) by modality subset and crop-level darkening strength:")
+        print(result.darkening.to_string())
     print("\nsteps: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
           + f"; total {time.perf_counter() - tic:.0f} s")
-    print(f"report:      {result.report}\nnotebook:    {result.notebook}\noutputs in:  {result.out}")
+    print(f"report:      {result.report}\nnotebook:    {result.notebook}\nsummary:     {result.out / 'summary.csv'}"
+          f"\noutputs in:  {result.out}")
     return 0
 
 

@@ -329,6 +329,31 @@ def write_splits(root: Path, specs: list[ClipSpec], seed: int) -> None:
             table[mask].to_csv(out / f"set_{k + 1}.csv", index=False)
 
 
+def write_holdout_split(folder: str | Path, truth, test_share: float, seed: int) -> Path:
+    """Split files of one fold (set_1) in the DFEW file layout under `folder`: a stratified share
+    `test_share` of the clips of `truth` (synth_truth.csv) for test, the rest for training. For
+    checks that need a larger test fold than DFEW's 5-fold protocol gives (20%); returns `folder`."""
+    import pandas as pd
+
+    from dfew_mm.data.dfew import TEST_DIR, TRAIN_DIR
+
+    if not 0.0 < test_share < 1.0:
+        raise ConfigError(f"test share {test_share} must lie between 0 and 1")
+    rng = np.random.default_rng(seed + 11)
+    labels = truth["label"].to_numpy()
+    test = np.zeros(len(truth), bool)
+    for label in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        test[members[: int(round(test_share * len(members)))]] = True
+    table = pd.DataFrame({"video_name": [f"{i:05d}" for i in truth["clip_id"]], "label": labels + 1})
+    folder = Path(folder)
+    for sub, mask in ((TRAIN_DIR, ~test), (TEST_DIR, test)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        table[mask].to_csv(folder / sub / "set_1.csv", index=False)
+    return folder
+
+
 def generate_dataset(root: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
     """Write clips, split files and `synth_truth.csv` (what each modality shows) under root."""
     import pandas as pd
