@@ -24,6 +24,9 @@ class Sample(TypedDict):
     frame_time: torch.Tensor  # (T,) float32 seconds
     label: int  # 0-based class index
     clip_id: str
+    # Only for a waveform speech encoder: the 16 kHz audio of the filterbank window.
+    waveform: NotRequired[torch.Tensor]  # (F x 160,) float32 in [-1, 1)
+    waveform_mask: NotRequired[torch.Tensor]  # (F x 160,) bool
 
 
 class Batch(TypedDict):
@@ -37,6 +40,8 @@ class Batch(TypedDict):
     frame_time: torch.Tensor  # (B, T) float32 seconds
     label: torch.Tensor  # (B,) int64
     clip_id: list[str]
+    waveform: NotRequired[torch.Tensor]  # (B, F x 160) float32, only for a waveform speech encoder
+    waveform_mask: NotRequired[torch.Tensor]  # (B, F x 160) bool
     # Only when training from an embedding cache (`dfew_mm embed`): frozen-backbone outputs that
     # replace running the video / audio encoders.
     video_emb: NotRequired[torch.Tensor]  # (B, T, D_v) float32
@@ -62,8 +67,8 @@ def collate(samples: list[Sample]) -> Batch:
     # Stack faces in their stored (T, S, S, 3) layout (a plain memcpy) and view them as
     # (B, T, 3, S, S); the encoder then works channels-last without another copy.
     video = _stack([s["video"].permute(0, 2, 3, 1) for s in samples]).permute(0, 1, 4, 2, 3)
-    cached = {key: stack(key) for key in ("video_emb", "audio_emb", "audio_emb_mask", "audio_emb_time")
-              if key in samples[0]}
+    cached = {key: stack(key) for key in ("video_emb", "audio_emb", "audio_emb_mask", "audio_emb_time",
+                                          "waveform", "waveform_mask") if key in samples[0]}
     return Batch(**cached, video=video, video_mask=stack("video_mask"), pose=stack("pose"),
                  pose_mask=stack("pose_mask"), audio=stack("audio"), audio_mask=stack("audio_mask"),
                  audio_start=torch.tensor([s["audio_start"] for s in samples], dtype=torch.float32),

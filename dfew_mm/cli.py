@@ -252,6 +252,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--blendshapes", action=argparse.BooleanOptionalAction, default=defaults.blendshapes,
                    help="also store FaceLandmarker blendshapes (T, 52) (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="redo clips that are already extracted")
+    p.add_argument("--add-waveform", action="store_true",
+                   help="only add the 16 kHz waveform (store format 2, read by waveform speech encoders) to the "
+                        "clips of an --out store written before it existed; faces and pose are kept")
     p.add_argument("--clip-timeout", type=float, default=DEFAULT_CLIP_TIMEOUT_S, metavar="S",
                    help="seconds one clip may take; a worker that runs longer is stopped and the clip recorded "
                         "as failed (default %(default)g)")
@@ -278,6 +281,11 @@ def _run_extract(args) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.add_waveform:
+        from dfew_mm.extract.add_waveform import add_waveform
+
+        print(add_waveform(list_clips(args.dfew_root, args.clips_dir), args.out).line())
+        return 0
     split_ids, split_name = None, "the split"
     if args.split:
         split_ids = split_clip_ids(args.fold, args.split, args.dfew_root, args.splits_dir)

@@ -12,6 +12,8 @@ WINDOW_MS = 25  # ms analysis window
 N_MELS = 128  # filterbank bins
 HOP_SAMPLES = SAMPLE_RATE * HOP_MS // 1000  # 160 samples
 AUDIO_FRAMES_PER_SECOND = 1000 // HOP_MS  # 100 filterbank frames per second
+WAVEFORM_ARRAY = "waveform"  # (N,) int16 16 kHz mono samples per clip, for waveform speech encoders
+WAVEFORM_SCALE = 32768.0  # int16 sample -> float in [-1, 1)
 # AST AudioSet normalisation statistics (Gong et al. 2021), applied before the encoder.
 AST_FBANK_MEAN = -4.2677393
 AST_FBANK_STD = 4.5689974

@@ -26,6 +26,7 @@ from dfew_mm.files import atomic_write_bytes, atomic_write_text, remove_stale_te
 from dfew_mm.device import resolve_device
 from dfew_mm.inference import run_inference
 from dfew_mm.models import ENCODERS, build_model
+from dfew_mm.models.fit import reads_waveform
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
     todo = [i for i in usable if check_zip_file(out / "clips" / f"{i}.npz")]  # missing or damaged
     log.info("embedding %d clips (%d already cached) with %s on %s", len(todo), len(usable) - len(todo),
              ",".join(modalities), dev)
-    dataset = ClipDataset(store, todo, np.zeros(len(todo), np.int64), cfg.data, modalities, train=False)
+    dataset = ClipDataset(store, todo, np.zeros(len(todo), np.int64), cfg.data, modalities, train=False,
+                          waveform=reads_waveform(cfg.model))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
 
     def encode(batch) -> dict[str, torch.Tensor]:

@@ -140,10 +140,10 @@ EXTRACT_FLAGS = {"frames": "--frames", "face_size": "--face-size", "face_model":
 def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[list[str], list[str]]:
     """(what the store lacks for the model, extraction flags that fix it), from one clip's array headers
     and the extraction settings of this store and of the store the model was trained on."""
+    from dfew_mm.constants import WAVEFORM_ARRAY
     from dfew_mm.data.store import FeatureStore
     from dfew_mm.extract.options import ABSENT_SETTINGS
     from dfew_mm.models.backbones import speech_spec
-    from dfew_mm.models.fit import WAVEFORM_ARRAY
 
     shapes = store.array_shapes(clip_id)
     problems: list[str] = []
@@ -172,7 +172,7 @@ def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[lis
     if ours is not None and theirs is not None:
         ours, theirs = {**ABSENT_SETTINGS, **ours}, {**ABSENT_SETTINGS, **theirs}
         for key in sorted(set(ours) | set(theirs)):
-            if key in DARKENING_SETTINGS or ours.get(key) == theirs.get(key):
+            if key in DARKENING_SETTINGS or key == "store_format" or ours.get(key) == theirs.get(key):
                 continue
             if key == "blendshapes" and not theirs.get(key):
                 continue  # blendshapes this store has and the training store had not are never read
@@ -208,9 +208,11 @@ def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequ
     from dfew_mm.batch import collate
     from dfew_mm.data.dataset import ClipDataset
     from dfew_mm.inference import predict_logits
+    from dfew_mm.models.fit import reads_waveform
 
     dataset = ClipDataset(store, clips["clip_id"].tolist(), clips["label"].to_numpy(), cfg.data,
-                          modalities=list(modalities), train=False, face_transform=face_transform, seed=seed)
+                          modalities=list(modalities), train=False, face_transform=face_transform, seed=seed,
+                          waveform=reads_waveform(cfg.model))
     loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
     return predict_logits(model, loader, device, cfg.train.amp, modalities, progress=True, desc=desc).probs

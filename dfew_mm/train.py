@@ -35,6 +35,7 @@ from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.splits import fold_splits
 from dfew_mm.data.store import FeatureStore
+from dfew_mm.models.fit import check_store_fits, reads_waveform
 from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
 from dfew_mm.errors import ConfigError, DfewMMError
@@ -72,8 +73,9 @@ class BalancedSampler(Sampler[int]):
 
 def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist, cache: EmbeddingCache | None):
     mods, seed = list(cfg.model.modalities), cfg.train.seed
+    waveform = reads_waveform(cfg.model)
     train_set = ClipDataset(store, splits.train.ids, splits.train.labels, cfg.data, mods, train=True, seed=seed,
-                            cache=cache)
+                            cache=cache, waveform=waveform)
     if cfg.train.class_balance == "sampler":
         sampler = BalancedSampler(splits.train.labels, d.rank, d.world, seed)
     else:
@@ -84,7 +86,8 @@ def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist, ca
                               **common)
 
     def eval_loader(split) -> DataLoader:  # every rank evaluates a disjoint shard; results are gathered
-        full = ClipDataset(store, split.ids, split.labels, cfg.data, mods, train=False, seed=seed, cache=cache)
+        full = ClipDataset(store, split.ids, split.labels, cfg.data, mods, train=False, seed=seed, cache=cache,
+                           waveform=waveform)
         return DataLoader(Subset(full, range(d.rank, len(full), d.world)), batch_size=cfg.train.batch_size,
                           shuffle=False, **common)
 
@@ -181,6 +184,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     store = FeatureStore(cfg.data.store)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
+    if cache is None:  # before the first epoch: faces large enough, the waveform there if read
+        check_store_fits(cfg.model, cfg.data.face_size, store.array_shapes(splits.train.ids[0]))
     if cache is not None:
         cache.check(cfg)
         cache.verify([*splits.train.ids, *splits.val.ids, *splits.test.ids])

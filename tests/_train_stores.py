@@ -28,6 +28,8 @@ def random_clip(rng: np.random.Generator, frames: int = 8, face: int = 32, audio
         "frame_index": np.arange(frames, dtype=np.int32) * 3,
         "frame_time": (np.arange(frames) * 0.125).astype(np.float32),
         "luma": rng.random(frames, dtype=np.float32) * 255,
+        # the 16 kHz samples of that filterbank (a tone: drawn without touching rng's stream)
+        "waveform": (np.sin(np.arange((audio - 1) * 160 + 400) * 0.05) * 3000).astype(np.int16),
     }
 
 

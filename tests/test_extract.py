@@ -130,7 +130,7 @@ def test_dfew_sample_arrays(mixed_store, clip_id):
 
 def test_cli_defaults_are_extract_options(mixed_store):
     _, store, _ = mixed_store  # extracted by the CLI with no option flags
-    assert json.loads((store.path / SETTINGS_FILE).read_text()) == ExtractOptions().to_dict()
+    assert json.loads((store.path / SETTINGS_FILE).read_text()) == {**ExtractOptions().to_dict(), "store_format": 2}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

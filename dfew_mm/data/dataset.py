@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from dfew_mm.batch import Sample
 from dfew_mm.config import DataConfig
-from dfew_mm.constants import MODALITIES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNELS
+from dfew_mm.constants import (HOP_SAMPLES, MODALITIES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNELS, WAVEFORM_ARRAY,
+                               WAVEFORM_SCALE)
 from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.store import READ_ERRORS, FeatureStore
 from dfew_mm.errors import StoreError
@@ -48,6 +49,18 @@ def crop_audio(fbank: np.ndarray, n_out: int, rng: np.random.Generator | None) -
     return out, mask, start
 
 
+def crop_waveform(samples: np.ndarray, start_frame: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) int16 -> the n_frames x HOP_SAMPLES samples from filterbank frame `start_frame` (the same
+    window as the filterbank crop) as float32 in [-1, 1), zero-padded, and their (n,) mask."""
+    n_out = n_frames * HOP_SAMPLES
+    part = samples[start_frame * HOP_SAMPLES:start_frame * HOP_SAMPLES + n_out]
+    out = np.zeros(n_out, np.float32)
+    out[:len(part)] = part / WAVEFORM_SCALE
+    mask = np.zeros(n_out, bool)
+    mask[:len(part)] = True
+    return out, mask
+
+
 class ClipDataset(Dataset):
     """Clips of one split from a feature store, as `Sample` dicts.
 
@@ -55,12 +68,14 @@ class ClipDataset(Dataset):
     an all-false mask so that batches always have the same keys. With `train=True` frames and
     the audio crop are drawn at random from a generator seeded by (seed, epoch, index), so runs
     and resumed runs see the same samples. With an embedding `cache`, faces and filterbanks are
-    not read: the cached frozen-backbone outputs of the same (centre) frames come instead.
+    not read: the cached frozen-backbone outputs of the same (centre) frames come instead. With
+    `waveform=True` (a waveform speech encoder) samples also hold the 16 kHz audio of the filterbank
+    window, `waveform` (audio_frames x 160,) float32 with `waveform_mask`.
     """
 
     def __init__(self, store: FeatureStore, clip_ids: Sequence[str], labels: Sequence[int], data_cfg: DataConfig,
                  modalities: Sequence[str], train: bool, face_transform: FaceTransform | None = None,
-                 seed: int = 0, cache: EmbeddingCache | None = None):
+                 seed: int = 0, cache: EmbeddingCache | None = None, waveform: bool = False):
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown or not modalities:
             raise StoreError(f"modalities {list(modalities)}: choose a non-empty subset of {', '.join(MODALITIES)}")
@@ -70,6 +85,7 @@ class ClipDataset(Dataset):
         self.cfg, self.modalities, self.train = data_cfg, tuple(modalities), train
         self.face_transform, self.seed, self.epoch = face_transform, seed, 0
         self.cache = cache
+        self.waveform = waveform and "audio" in self.modalities and cache is None
         if cache is not None and face_transform is not None:
             raise ValueError("a face_transform cannot apply to cached embeddings; read the store instead")
 
@@ -88,6 +104,8 @@ class ClipDataset(Dataset):
             wanted |= {"pose", "pose_mask"}
         if "audio" in self.modalities and self.cache is None:
             wanted.add("audio")
+        if self.waveform:
+            wanted.add(WAVEFORM_ARRAY)
         path = self.store.clip_path(clip_id)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -135,6 +153,9 @@ class ClipDataset(Dataset):
                       audio_start=start * SECONDS_PER_AUDIO_FRAME,
                       frame_time=torch.from_numpy(np.asarray(frame_time, dtype=np.float32)),
                       label=int(self.labels[index]), clip_id=clip_id)
+        if self.waveform:
+            wave, wave_mask = crop_waveform(arrays[WAVEFORM_ARRAY], start, cfg.audio_frames)
+            sample.update(waveform=torch.from_numpy(wave), waveform_mask=torch.from_numpy(wave_mask))
         if self.cache is not None:
             sample.update(self.cache.load(clip_id, self.modalities))  # type: ignore[typeddict-item]
         return sample

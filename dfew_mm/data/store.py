@@ -52,6 +52,11 @@ CLIP_ARRAYS = {
     "luma": ("float32", "(T,) mean BT.601 luma of the whole frame, 0..255"),
 }
 OPTIONAL_ARRAYS = {"blendshapes": ("float32", "(T, 52) FaceLandmarker blendshape scores")}
+# Store format, recorded as `store_format` in the settings file. 2: every clip file also holds
+# `waveform` (N,) int16, the 16 kHz mono audio that waveform speech encoders read; 1 (no key): before.
+# `preprocess/extract.py --add-waveform --out STORE ...` turns a format-1 store into format 2.
+STORE_FORMAT = 2
+FORMAT_ARRAYS = {"waveform": ("int16", "(N,) 16 kHz mono audio samples; (0,) without audio (format 2)")}
 # What reading a damaged npz raises (truncated, overwritten, bad CRC, bad array header).
 READ_ERRORS = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
 SETTINGS_FILE = "extract_settings.json"  # the extraction settings (dfew_mm.extract.options.ExtractOptions)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from dfew_mm.constants import HOP_MS, N_MELS, SAMPLE_RATE, WINDOW_MS
+from dfew_mm.constants import HOP_MS, N_MELS, SAMPLE_RATE, WAVEFORM_SCALE, WINDOW_MS
 
 _MIN_SAMPLES = SAMPLE_RATE * WINDOW_MS // 1000  # one 25 ms window
 
@@ -28,3 +28,12 @@ def log_mel_fbank(samples: np.ndarray) -> np.ndarray:
             window_type="hanning", num_mel_bins=N_MELS, dither=0.0,
             frame_length=WINDOW_MS, frame_shift=HOP_MS)  # (F, 128)
     return fbank.numpy().astype(np.float16)
+
+
+def waveform_int16(samples: np.ndarray) -> np.ndarray:
+    """(N,) float 16 kHz mono in [-1, 1] -> (N,) int16, what the store keeps for waveform speech encoders.
+
+    int16 is the resolution of the source tracks (16-bit AAC/PCM) at half the bytes of float32:
+    about 32 kB per second of audio.
+    """
+    return np.clip(np.round(np.asarray(samples, np.float32) * WAVEFORM_SCALE), -32768, 32767).astype(np.int16)

@@ -180,6 +180,20 @@ def _frames_until_error(container, stream):
         log.debug("decoding stopped early: %s", err)
 
 
+def decode_audio(path: Path) -> np.ndarray:
+    """The audio track alone as (N,) float32 16 kHz mono in [-1, 1]; (0,) without one (decord, else PyAV)."""
+    from decord import AudioReader, cpu
+
+    from dfew_mm.extract.native_logs import native_stderr_silenced
+
+    try:
+        with native_stderr_silenced():  # decord logs a missing audio stream itself
+            return AudioReader(str(path), ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)[:].asnumpy().reshape(-1)
+    except Exception as err:  # no audio stream, or a container decord cannot open
+        log.debug("%s: no decodable audio via decord (%s)", path, err)
+        return _audio_pyav(Path(path))[0]
+
+
 def _audio_pyav(path: Path) -> tuple[np.ndarray, bool]:
     """The first audio stream resampled to 16 kHz mono float32, or an empty array if none.
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from dfew_mm.extract.assets import resolve_model
-from dfew_mm.extract.audio import log_mel_fbank
+from dfew_mm.constants import WAVEFORM_ARRAY
+from dfew_mm.extract.audio import log_mel_fbank, waveform_int16
 from dfew_mm.extract.decode import DecodeError, FrameBuffer, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
 from dfew_mm.extract.images import downscale, to_mp_image, to_mp_images
@@ -123,7 +124,7 @@ class ClipExtractor:
             "faces": faces, "face_mask": track.mask, "face_boxes": track.boxes.astype(np.float32),
             "pose": pose, "pose_mask": pose_mask, "audio": audio,
             "frame_index": clip.frame_index.astype(np.int32), "frame_time": clip.frame_time.astype(np.float32),
-            "luma": luma,
+            "luma": luma, WAVEFORM_ARRAY: waveform_int16(clip.audio),
         }
         if self.blendshapes is not None:
             watch.lap("quality")

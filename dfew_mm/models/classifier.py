@@ -73,10 +73,8 @@ class EmotionModel(nn.Module):
 
     def _tokens(self, name: str, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder features (B, T_m, D), mask (B, T_m), timestamps (B, T_m) seconds of one modality."""
-        if name == "audio":
-            if "audio_emb" in batch:  # frozen AST outputs from the embedding cache
-                return batch["audio_emb"], batch["audio_emb_mask"], batch["audio_emb_time"]
-            return self.encoders["audio"](batch["audio"], batch["audio_mask"], batch.get("audio_start"))
+        if name == "audio":  # the filterbank or the waveform, as the backbone reads; or cached outputs
+            return self.encoders["audio"].tokens(batch)
         if name == "video" and "video_emb" in batch:  # frozen ResNet outputs from the embedding cache
             return batch["video_emb"], batch["video_mask"], batch["frame_time"]
         return self.encoders[name](batch[name]), batch[f"{name}_mask"], batch["frame_time"]

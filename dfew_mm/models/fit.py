@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Collection
 
 from dfew_mm.config import ModelConfig
+from dfew_mm.constants import WAVEFORM_ARRAY
 from dfew_mm.errors import StoreError
 from dfew_mm.models.backbones import speech_spec, vision_spec
 from dfew_mm.models.encoders.video import face_geometry
 
 MAX_FACE_UPSCALE = 1.5  # resize side / stored face side; 112 px faces serve backbones resizing to <= 168 px
-WAVEFORM_ARRAY = "waveform"  # (N,) int16 16 kHz mono samples per clip
 REEXTRACT = "python preprocess/extract.py --dfew-root ROOT --out NEW_FEATURES"
+ADD_WAVEFORM = "python preprocess/extract.py --add-waveform --dfew-root ROOT --out STORE"
 
 
 def store_fit_problems(model_cfg: ModelConfig, face_size: int, arrays: Collection[str]) -> list[str]:
@@ -37,8 +38,8 @@ def store_fit_problems(model_cfg: ModelConfig, face_size: int, arrays: Collectio
         if spec.input == "waveform" and WAVEFORM_ARRAY not in arrays:
             problems.append(
                 f"model.audio.arch={model_cfg.audio.arch} reads the 16 kHz waveform, and the store has no "
-                f"'{WAVEFORM_ARRAY}' array. Re-extract the store with a version of dfew_mm that stores it "
-                f"(`{REEXTRACT}`), or use model.audio.arch=ast, which reads the stored filterbank")
+                f"'{WAVEFORM_ARRAY}' array (a store of format 1). Add it without redoing faces and pose: "
+                f"`{ADD_WAVEFORM}`; or use model.audio.arch=ast, which reads the stored filterbank")
     return problems
 
 
@@ -47,3 +48,8 @@ def check_store_fits(model_cfg: ModelConfig, face_size: int, arrays: Collection[
     problems = store_fit_problems(model_cfg, face_size, arrays)
     if problems:
         raise StoreError("the feature store does not fit the model:\n  - " + "\n  - ".join(problems))
+
+
+def reads_waveform(model_cfg: ModelConfig) -> bool:
+    """Whether the model reads the stored 16 kHz waveform (a waveform speech encoder on the audio)."""
+    return "audio" in model_cfg.modalities and speech_spec(model_cfg.audio).input == "waveform"
