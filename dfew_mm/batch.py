@@ -18,6 +18,8 @@ class Sample(TypedDict):
     video_mask: torch.Tensor  # (T,) bool, a face was found in that frame
     pose: torch.Tensor  # (T, 33, 4) float32 x, y, z, visibility
     pose_mask: torch.Tensor  # (T,) bool
+    blendshapes: NotRequired[torch.Tensor]  # (T, 52) float32 FaceLandmarker expression scores (ClipDataset
+    blendshapes_mask: NotRequired[torch.Tensor]  # (T,) bool                                     always sets them)
     audio: torch.Tensor  # (F, 128) float32 log-mel filterbank (not yet normalised)
     audio_mask: torch.Tensor  # (F,) bool, false for padding and for clips without audio
     audio_start: float  # seconds of clip time at audio[0] (non-zero after a random crop)
@@ -34,6 +36,8 @@ class Batch(TypedDict):
     video_mask: torch.Tensor  # (B, T) bool
     pose: torch.Tensor  # (B, T, 33, 4) float32
     pose_mask: torch.Tensor  # (B, T) bool
+    blendshapes: NotRequired[torch.Tensor]  # (B, T, 52) float32
+    blendshapes_mask: NotRequired[torch.Tensor]  # (B, T) bool
     audio: torch.Tensor  # (B, F, 128) float32
     audio_mask: torch.Tensor  # (B, F) bool
     audio_start: torch.Tensor  # (B,) float32 seconds
@@ -68,7 +72,8 @@ def collate(samples: list[Sample]) -> Batch:
     # (B, T, 3, S, S); the encoder then works channels-last without another copy.
     video = _stack([s["video"].permute(0, 2, 3, 1) for s in samples]).permute(0, 1, 4, 2, 3)
     cached = {key: stack(key) for key in ("video_emb", "audio_emb", "audio_emb_mask", "audio_emb_time",
-                                          "waveform", "waveform_mask") if key in samples[0]}
+                                          "waveform", "waveform_mask", "blendshapes", "blendshapes_mask")
+              if key in samples[0]}
     return Batch(**cached, video=video, video_mask=stack("video_mask"), pose=stack("pose"),
                  pose_mask=stack("pose_mask"), audio=stack("audio"), audio_mask=stack("audio_mask"),
                  audio_start=torch.tensor([s["audio_start"] for s in samples], dtype=torch.float32),

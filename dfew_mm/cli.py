@@ -309,7 +309,8 @@ def _run_extract(args) -> int:
 # -- train / cv ------------------------------------------------------------------------------
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="default", help="configs/<name>.yaml or a path (default: default)")
-    p.add_argument("--modalities", help="comma-separated subset of video,pose,audio (default: the config's)")
+    p.add_argument("--modalities", help="comma-separated subset of video,pose,audio,blendshapes (blendshapes needs "
+                   "a store extracted with --blendshapes; default: the config's)")
     p.add_argument("--store", help="feature store (data.store)")
     p.add_argument("--dfew-root", help="DFEW copy with the split files (data.dfew_root)")
     p.add_argument("--splits-dir", help="split files elsewhere than DFEW_ROOT (data.splits_dir)")

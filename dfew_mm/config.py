@@ -24,8 +24,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE, MAX_FRAMES,
-                               MIN_FACE_SIZE, MODALITIES)
+from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, DEFAULT_MODALITIES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE,
+                               MAX_FRAMES, MIN_FACE_SIZE, MODALITIES)
 from dfew_mm.errors import ConfigError
 from dfew_mm.files import atomic_write_text
 
@@ -79,6 +79,13 @@ class PoseEncoderConfig:
 
 
 @dataclass
+class BlendshapeEncoderConfig:
+    hidden: int = 128
+    layers: int = 2
+    dropout: float = 0.1
+
+
+@dataclass
 class AudioEncoderConfig:
     # ast (filterbank) | hf/<Hugging Face repo id or local folder> of a WavLM, HuBERT, wav2vec 2.0 or Whisper
     # model (16 kHz waveform)
@@ -122,10 +129,11 @@ class FusionConfig:
 
 @dataclass
 class ModelConfig:
-    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    modalities: list[str] = field(default_factory=lambda: list(DEFAULT_MODALITIES))
     video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
     pose: PoseEncoderConfig = field(default_factory=PoseEncoderConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    blendshapes: BlendshapeEncoderConfig = field(default_factory=BlendshapeEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
 

@@ -3,7 +3,9 @@
 # DFEW classes in label order: the split CSVs use 1-based labels, the library uses 0-based indices.
 CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
 NUM_CLASSES = len(CLASSES)
-MODALITIES = ("video", "pose", "audio")
+# blendshapes: the 52 FaceLandmarker expression scores per frame (extraction with --blendshapes).
+MODALITIES = ("video", "pose", "audio", "blendshapes")
+DEFAULT_MODALITIES = ("video", "pose", "audio")  # what a store extracted with the defaults serves
 
 # Audio features: 128-bin Kaldi log-mel filterbank as used by the AST AudioSet checkpoints.
 SAMPLE_RATE = 16_000  # Hz, mono
@@ -32,7 +34,20 @@ N_POSE_LANDMARKS = 33
 POSE_CHANNELS = 4  # x, y, z, visibility
 LEFT_SHOULDER, RIGHT_SHOULDER = 11, 12
 LEFT_HIP, RIGHT_HIP = 23, 24
-N_BLENDSHAPES = 52  # MediaPipe FaceLandmarker blendshape scores
+# MediaPipe FaceLandmarker blendshape scores, in the model's output order (store array `blendshapes`)
+BLENDSHAPE_NAMES = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
+    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight",
+    "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight",
+    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight",
+    "mouthFrownLeft", "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft",
+    "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
+    "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight",
+)
+N_BLENDSHAPES = len(BLENDSHAPE_NAMES)  # 52
 
 # BT.601 luma weights for R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)

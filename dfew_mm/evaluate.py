@@ -129,7 +129,8 @@ def excluded_path_for(out_csv: str | Path) -> Path:
 
 
 # -- does the store serve the model? ---------------------------------------------------------------
-MODALITY_ARRAYS = {"video": ("faces", "face_mask"), "pose": ("pose", "pose_mask"), "audio": ("audio",)}
+MODALITY_ARRAYS = {"video": ("faces", "face_mask"), "pose": ("pose", "pose_mask"), "audio": ("audio",),
+                   "blendshapes": ("blendshapes", "face_mask")}
 # Settings that may differ between the training store and an evaluated store: the darkening is what
 # a darkened store is for; everything else changes what the model sees besides the light.
 DARKENING_SETTINGS = ("darken", "darken_seed")

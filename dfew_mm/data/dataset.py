@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from dfew_mm.batch import Sample
 from dfew_mm.config import DataConfig
-from dfew_mm.constants import (HOP_SAMPLES, MODALITIES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNELS, WAVEFORM_ARRAY,
+from dfew_mm.constants import (HOP_SAMPLES, MODALITIES, N_BLENDSHAPES, N_MELS, N_POSE_LANDMARKS, POSE_CHANNELS, WAVEFORM_ARRAY,
                                WAVEFORM_SCALE)
 from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.store import READ_ERRORS, FeatureStore
@@ -102,6 +102,8 @@ class ClipDataset(Dataset):
             wanted |= {"face_mask"} if self.cache is not None else {"faces", "face_mask"}
         if "pose" in self.modalities:
             wanted |= {"pose", "pose_mask"}
+        if "blendshapes" in self.modalities:
+            wanted |= {"blendshapes", "face_mask"}
         if "audio" in self.modalities and self.cache is None:
             wanted.add("audio")
         if self.waveform:
@@ -146,9 +148,18 @@ class ClipDataset(Dataset):
         else:
             pose = torch.zeros(cfg.frames, N_POSE_LANDMARKS, POSE_CHANNELS)
             pose_mask = torch.zeros(cfg.frames, dtype=torch.bool)
+        if "blendshapes" in self.modalities and t_stored:
+            scores = np.asarray(arrays["blendshapes"][idx], dtype=np.float32)  # (T, 52)
+            # valid where a face was found and the landmarker scored it (else the store holds zeros)
+            shapes_mask = torch.from_numpy(arrays["face_mask"][idx] & scores.any(-1) & present)
+            shapes = torch.from_numpy(scores)
+        else:
+            shapes = torch.zeros(cfg.frames, N_BLENDSHAPES)
+            shapes_mask = torch.zeros(cfg.frames, dtype=torch.bool)
         fbank = arrays.get("audio", np.zeros((0, N_MELS), np.float16))
         audio, audio_mask, start = crop_audio(fbank, cfg.audio_frames, rng)
-        sample = Sample(video=video, video_mask=video_mask, pose=pose, pose_mask=pose_mask,
+        sample = Sample(video=video, video_mask=video_mask, pose=pose, pose_mask=pose_mask, blendshapes=shapes,
+                        blendshapes_mask=shapes_mask,
                       audio=torch.from_numpy(audio), audio_mask=torch.from_numpy(audio_mask),
                       audio_start=start * SECONDS_PER_AUDIO_FRAME,
                       frame_time=torch.from_numpy(np.asarray(frame_time, dtype=np.float32)),

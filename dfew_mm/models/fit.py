@@ -33,6 +33,9 @@ def store_fit_problems(model_cfg: ModelConfig, face_size: int, arrays: Collectio
                 f"{MAX_FACE_UPSCALE}x). Re-extract with larger faces: `{REEXTRACT} --face-size {resize}` and train "
                 f"with data.face_size={resize}; or run the backbone on smaller faces with "
                 f"model.video.input_size={round(face_size * crop / resize)}")
+    if "blendshapes" in model_cfg.modalities and "blendshapes" not in arrays:
+        problems.append("the blendshapes modality reads the store's 'blendshapes' array, which this store lacks. "
+                        f"Re-extract with `{REEXTRACT} --blendshapes`")
     if "audio" in model_cfg.modalities:
         spec = speech_spec(model_cfg.audio)
         if spec.input == "waveform" and WAVEFORM_ARRAY not in arrays:

@@ -9,6 +9,7 @@ from torch import nn
 from dfew_mm.config import ModelConfig
 from dfew_mm.errors import ConfigError
 from dfew_mm.models.encoders.audio import build_audio_encoder, load_audio_weights
+from dfew_mm.models.encoders.blendshapes import BlendshapeEncoder
 from dfew_mm.models.encoders.pose import build_pose_encoder
 from dfew_mm.models.encoders.video import build_video_encoder, load_video_weights
 
@@ -20,6 +21,7 @@ ENCODERS: dict[str, tuple[Builder, WeightLoader | None]] = {
     "video": (lambda cfg: build_video_encoder(cfg.video), lambda enc, cfg: load_video_weights(enc, cfg.video)),
     "pose": (lambda cfg: build_pose_encoder(cfg.pose), None),
     "audio": (lambda cfg: build_audio_encoder(cfg.audio), lambda enc, cfg: load_audio_weights(enc, cfg.audio)),
+    "blendshapes": (lambda cfg: BlendshapeEncoder(cfg.blendshapes), None),
 }
 
 
