@@ -268,9 +268,6 @@ def validate(cfg: ExperimentConfig) -> None:
     unknown = [m for m in mods if m not in MODALITIES]
     if unknown:
         raise ConfigError(f"unknown modality {unknown}: valid modalities are {', '.join(MODALITIES)}")
-    from dfew_mm.models.backbones import check_encoder_config  # backbone names and tuning choices (imports torch)
-
-    check_encoder_config(cfg.model)
     choices = {
         "model.video.normalise": (cfg.model.video.normalise, ("backbone", "imagenet", "per_image")),
         "model.fusion.head": (cfg.model.fusion.head, ("linear", "arcface")),

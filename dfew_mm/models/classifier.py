@@ -10,6 +10,7 @@ from torch import nn
 from dfew_mm.batch import Batch
 from dfew_mm.config import ModelConfig
 from dfew_mm.errors import ConfigError
+from dfew_mm.models.backbones import check_encoder_config
 from dfew_mm.models.encoders import ENCODERS, build_encoder, resolve_modalities
 from dfew_mm.models.fusion import (FUSION_MODES, MEMBER_WEIGHTS, TemporalFusion, UnimodalHead, build_head,
                                    mix_probabilities)
@@ -144,7 +145,9 @@ class EmotionModel(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> EmotionModel:
-    """Build with random weights; no download happens here (see load_pretrained)."""
+    """Build with random weights; no download happens here (see load_pretrained). Backbone names and
+    tuning choices are checked first (ConfigError listing the families)."""
+    check_encoder_config(cfg)
     return EmotionModel(cfg)
 
 
