@@ -457,7 +457,8 @@ def _add_demo(sub) -> None:
                 "dfew_mm demo", "dfew_mm demo --out /tmp/demo --assets-dir ../shared/assets/mediapipe --seed 1")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo); reruns resume")
     p.add_argument("--assets-dir", type=Path, help="folder with the MediaPipe model files (or set DFEW_MM_ASSETS)")
-    p.add_argument("--clips", type=int, default=demo.DEMO_CLIPS, help="synthetic clips (default %(default)s)")
+    p.add_argument("--clips", type=int, default=demo.DEMO_CLIPS,
+                   help=f"synthetic clips, at least {demo.MIN_CLIPS} (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data, split and training (default %(default)s)")
     p.add_argument("--epochs", type=int, help="training epochs (default: configs/tiny.yaml)")
     p.add_argument("--workers", type=int, default=demo.DEMO_WORKERS,
@@ -471,9 +472,10 @@ def _run_demo(args) -> int:
 
     import pandas as pd
 
+    from dfew_mm import demo
     from dfew_mm.demo import format_summary, run_demo
 
-    _check_numbers(args, clips=(1, None), epochs=(1, None), workers=(1, None))
+    _check_numbers(args, clips=(demo.MIN_CLIPS, None), epochs=(1, None), workers=(1, None))
     tic = time.perf_counter()
     result = run_demo(args.out, args.assets_dir, args.clips, args.epochs, args.workers, args.darken, seed=args.seed,
                       overrides=args.overrides)

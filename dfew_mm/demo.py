@@ -41,6 +41,8 @@ RUNS = (
 SINGLES = ("video", "pose", "audio")
 DEMO_DARKEN = "0,0.5,1"
 DEMO_CLIPS = 210  # 30 per class
+# 5 per class: after the test half, 3 training clips per class leave one for validation in most classes.
+MIN_CLIPS = 35
 DEMO_WORKERS = 2
 # Half the clips are tested (DFEW's protocol tests 20%): ~105 test clips give UAR intervals of about
 # ±10 points where the 12 test clips of a 60-clip 5-fold split gave ±30; ~90 train clips, 15% of
