@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 class InMemoryClips(ClipDataset):
     """ClipDataset over arrays held in memory instead of a feature store (same resampling and masks)."""
 
-    def __init__(self, arrays: dict[str, dict[str, np.ndarray]], data_cfg, modalities: Sequence[str]):
+    def __init__(self, arrays: dict[str, dict[str, np.ndarray]], data_cfg, modalities: Sequence[str],
+                 waveform: bool = False):
         ids = list(arrays)
-        super().__init__(None, ids, np.zeros(len(ids), dtype=np.int64), data_cfg, modalities, train=False)
+        super().__init__(None, ids, np.zeros(len(ids), dtype=np.int64), data_cfg, modalities, train=False,
+                         waveform=waveform)
         self._clips = arrays
 
     def load_arrays(self, clip_id: str) -> dict[str, np.ndarray]:
@@ -53,7 +55,8 @@ def extraction_options(cfg):
         return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k != "darken"})
     log.info("training store settings not found (%s); extracting with defaults, %d frames, %d px faces",
              settings, cfg.data.frames, cfg.data.face_size)
-    return ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size)
+    return ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size,
+                          blendshapes="blendshapes" in cfg.model.modalities)
 
 
 def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_dir: str | Path | None = None,
@@ -73,6 +76,7 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
     from dfew_mm.evaluate import parse_modalities
     from dfew_mm.extract.worker import ClipExtractor, resolve_models
     from dfew_mm.inference import predict_logits
+    from dfew_mm.models.fit import reads_waveform
 
     dev = resolve_device(device)
     model, cfg, _ = load_checkpoint(checkpoint, map_location=dev)
@@ -92,7 +96,8 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
                 results.append({"clip": str(path), "ok": False,
                                 "error": f"cannot read {path}: {record['error']}"})
                 continue
-            loader = DataLoader(InMemoryClips({path.stem: arrays}, cfg.data, mods), batch_size=1, collate_fn=collate)
+            clips = InMemoryClips({path.stem: arrays}, cfg.data, mods, waveform=reads_waveform(cfg.model))
+            loader = DataLoader(clips, batch_size=1, collate_fn=collate)
             probs = predict_logits(model, loader, dev, cfg.train.amp, mods).probs[0]  # (7,)
             order = np.argsort(-probs)[:top_k]
             results.append({
