@@ -322,6 +322,7 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
 def _experiment_config(args, extra: Sequence[str] = ()):
     from dfew_mm.config import load_config
     from dfew_mm.models import resolve_modalities
+    from dfew_mm.models.backbones import check_encoder_config
 
     overrides = list(args.overrides)
     if args.modalities is not None:
@@ -331,7 +332,9 @@ def _experiment_config(args, extra: Sequence[str] = ()):
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.allow_missing:
         overrides.append("data.allow_missing=true")
-    return load_config(args.config, overrides + list(extra))
+    cfg = load_config(args.config, overrides + list(extra))
+    check_encoder_config(cfg.model)  # backbone names and tuning choices, before any data is touched
+    return cfg
 
 
 def _add_train(sub) -> None:

@@ -361,9 +361,16 @@ def test_unknown_hf_model_offline_says_how_to_get_it():
                                   "hf/openai/whisper-base"]),
     ("model.video.freeze=partial", ["none, all, last_blocks, lora"]),
 ])
-def test_unknown_names_list_the_families_and_examples(override, expected):
+def test_unknown_names_list_the_families_and_examples(override, expected, capsys):
+    """Checked where the model is built (and by the command line right after loading the config)."""
+    from dfew_mm.cli import main
+    from dfew_mm.models import build_model
+
+    cfg = load_config("tiny", [override])  # the config layer knows names, not families
     with pytest.raises(ConfigError) as err:
-        load_config("tiny", [override])
+        build_model(cfg.model)
+    assert main(["train", "--config", "tiny", "--store", "/nonexistent", override]) == 2
+    assert str(err.value) in capsys.readouterr().err  # before the missing store is noticed
     for text in expected:
         assert text in str(err.value)
 

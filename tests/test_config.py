@@ -95,7 +95,6 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         ("train.epochs=many", "train.epochs"),
         ("model.modalities=[]", "modalities is empty"),
         ("model.modalities=[video,smell]", "valid modalities are video, pose, audio"),
-        ("model.video.arch=vgg16", "resnet18, resnet34, resnet50"),
         ("data.fold=6", "folds 1..5"),
         ("train.epochs", "key=value"),
     ],
