@@ -569,6 +569,7 @@ def test_stores_without_darkening_settings_resume(tmp_path):
     store = FeatureStore.__new__(FeatureStore)
     store.path = tmp_path
     old = {k: v for k, v in ExtractOptions().to_dict().items() if not k.startswith("darken")}
+    old["store_format"] = 2  # the darkening keys alone are absent (format 1 is tests/test_waveform_store.py's)
     (tmp_path / "extract_settings.json").write_text(json.dumps(old))
     check_settings(store, ExtractOptions(), overwrite=False)
     assert json.loads((tmp_path / "extract_settings.json").read_text())["darken"] == 0.0
