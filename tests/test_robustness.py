@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from _clips import cremad_folder
 from _train_stores import SMALL, make_store, random_clip
 from dfew_mm import files
 from dfew_mm.checkpoint import save_checkpoint
@@ -173,10 +174,7 @@ def _extract(folder: Path, out: Path, assets_dir: Path, *args: str, faults: str 
 
 
 def test_worker_deaths_and_hangs_fail_one_clip_each_and_the_run_goes_on(tmp_path, clips_dir, assets_dir):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for name in CREMAD:
-        (folder / f"{name}.flv").symlink_to(clips_dir / "cremad" / f"{name}.flv")
+    folder = cremad_folder(tmp_path / "videos", clips_dir, CREMAD)
     out = tmp_path / "features"
     ang, dis, fea, hap, sad = CREMAD
 

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from _clips import cremad_folder
 from _train_stores import SMALL, make_store
 from dfew_mm.cli import main
 from dfew_mm.config import load_config
@@ -34,10 +35,7 @@ def test_crop_waveform_follows_the_filterbank_window():
 
 @pytest.fixture
 def store_of_two(tmp_path, clips_dir, assets_dir):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for name in CLIPS:
-        (folder / f"{name}.flv").symlink_to(clips_dir / "cremad" / f"{name}.flv")
+    folder = cremad_folder(tmp_path / "videos", clips_dir, CLIPS)
     out = tmp_path / "features"
     assert main(["extract", "--clips-dir", str(folder), "--out", str(out), "--frames", "4",
                  "--assets-dir", str(assets_dir), "--no-progress"]) == 0
