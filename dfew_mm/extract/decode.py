@@ -95,7 +95,7 @@ def _short(err: Exception) -> str:
 
 # -- decord ----------------------------------------------------------------------------------
 def _decode_decord(path: Path, t: int, buffer: FrameBuffer | None) -> DecodedClip:
-    from decord import AudioReader, VideoReader, cpu
+    from decord import VideoReader, cpu
 
     reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
     n_frames, fps = len(reader), float(reader.get_avg_fps())
@@ -104,14 +104,8 @@ def _decode_decord(path: Path, t: int, buffer: FrameBuffer | None) -> DecodedCli
     times = reader.get_frame_timestamp(index.tolist())[:, 0].astype(np.float32)  # frame start, s
     height, width = frames.shape[1:3]
     del reader
-    try:
-        audio = AudioReader(str(path), ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
-        samples = audio[:].asnumpy().reshape(-1).astype(np.float32)  # (N,)
-        has_audio = samples.size > 0
-    except Exception as err:  # decord raises when the container has no audio stream
-        log.debug("%s: no decodable audio via decord (%s)", path, err)
-        samples, has_audio = _audio_pyav(path)
-    return DecodedClip(frames, index, times, n_frames, fps, width, height, samples, has_audio, "decord")
+    samples = decode_audio(path)  # (N,)
+    return DecodedClip(frames, index, times, n_frames, fps, width, height, samples, samples.size > 0, "decord")
 
 
 def _read_frames(reader, index: np.ndarray, buffer: FrameBuffer) -> np.ndarray:
@@ -188,7 +182,8 @@ def decode_audio(path: Path) -> np.ndarray:
 
     try:
         with native_stderr_silenced():  # decord logs a missing audio stream itself
-            return AudioReader(str(path), ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)[:].asnumpy().reshape(-1)
+            reader = AudioReader(str(path), ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
+            return reader[:].asnumpy().reshape(-1).astype(np.float32)
     except Exception as err:  # no audio stream, or a container decord cannot open
         log.debug("%s: no decodable audio via decord (%s)", path, err)
         return _audio_pyav(Path(path))[0]
