@@ -1,7 +1,8 @@
 """DataLoader throughput from a feature store versus a floor of plain np.load of the same files.
 
     python benchmarks/loader_bench.py                       # a random store of default-config shapes
-    python benchmarks/loader_bench.py --store FEATURES --dfew-root /data/DFEW --workers 8
+    python benchmarks/loader_bench.py --config strong         # 224 px faces, waveform, blendshapes
+    python benchmarks/loader_bench.py --store FEATURES --workers 8
 
 Both paths read the same clip files after a warm-up pass (page cache hot for both). The floor
 opens every npz and reads all of its arrays in one process; the loader builds training samples
@@ -24,12 +25,15 @@ from torch.utils.data import DataLoader
 
 from dfew_mm.config import load_config
 from dfew_mm.batch import collate
+from dfew_mm.constants import HOP_SAMPLES, N_BLENDSHAPES, WAVEFORM_ARRAY
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
+from dfew_mm.models.fit import reads_waveform
 
 
 def write_random_store(path: Path, clips: int, frames: int, face: int, audio_frames: int, seed: int = 0) -> list[str]:
-    """A store of `clips` clips with random arrays of the contract's shapes (benchmark input only)."""
+    """A store of `clips` clips with random arrays of the contract's shapes (benchmark input only): every
+    array of store format 2, the waveform and the optional blendshapes included, so any config can read it."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
     store = FeatureStore(path)
@@ -41,7 +45,9 @@ def write_random_store(path: Path, clips: int, frames: int, face: int, audio_fra
             "pose": rng.random((frames, 33, 4), dtype=np.float32), "pose_mask": np.ones(frames, bool),
             "audio": rng.standard_normal((audio_frames, 128)).astype(np.float16),
             "frame_index": np.arange(frames, dtype=np.int32), "frame_time": np.arange(frames, dtype=np.float32) / 8,
-            "luma": np.full(frames, 100, np.float32)})
+            "luma": np.full(frames, 100, np.float32),
+            WAVEFORM_ARRAY: rng.integers(-3000, 3000, audio_frames * HOP_SAMPLES, dtype=np.int16),
+            "blendshapes": rng.random((frames, N_BLENDSHAPES), dtype=np.float32)})
         store.write_record({**{c: None for c in MANIFEST_COLUMNS}, "clip_id": clip_id, "status": "ok", "error": ""})
     store.rebuild_manifest()
     return ids
@@ -57,7 +63,8 @@ def floor_clips_per_s(store: FeatureStore, ids: list[str]) -> float:
 
 
 def loader_clips_per_s(store: FeatureStore, ids: list[str], cfg, workers: int, repeats: int) -> float:
-    dataset = ClipDataset(store, ids, np.zeros(len(ids), np.int64), cfg.data, cfg.model.modalities, train=True)
+    dataset = ClipDataset(store, ids, np.zeros(len(ids), np.int64), cfg.data, cfg.model.modalities, train=True,
+                          waveform=reads_waveform(cfg.model))
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
                         collate_fn=collate, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     best = 0.0

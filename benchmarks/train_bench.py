@@ -1,14 +1,18 @@
 """Training throughput (clips/s): end to end (store -> DataLoader -> step) versus compute only.
 
     python benchmarks/train_bench.py                  # configs/tiny.yaml on CPU
-    python benchmarks/train_bench.py --cuda           # + default.yaml variants on the GPU
+    python benchmarks/train_bench.py --configs tiny,strong --steps 2 --rounds 1   # strong encoders on CPU
+    python benchmarks/train_bench.py --cuda           # + default.yaml and strong.yaml variants on the GPU
     python benchmarks/train_bench.py model.fusion.mode=transformer train.aux_weight=0   # another recipe
 
 Each step is the training step of train.py: the config's loss (fused head plus unimodal heads,
 dfew_mm.balance) and optimiser. The floor is the same model's step on one batch already in device
 memory (no data loading), measured in the same run; the ratio end-to-end / compute-only (last
 line) says how much the input pipeline costs. On CUDA the default config (ResNet-18 at 112 px, 16 frames, pose, AST,
-fusion) is timed in bf16 and fp32, with and without channels_last and torch.compile.
+fusion) is timed in bf16 and fp32, with and without channels_last and torch.compile; its face branch alone
+(ResNet-18, 112 px, 16 frames) in bf16; and strong.yaml (SigLIP B/16 at 224 px, WavLM Base+ on the
+waveform, pose, blendshapes) in bf16, eager and compiled. Weights are random (pretrained=false): the
+speed is the same. The random store holds every array of store format 2.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dfew_mm.batch import batch_to, collate
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.models import build_model
+from dfew_mm.models.fit import reads_waveform
 from dfew_mm.train import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,7 +72,8 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
     opt, _ = make_optimizer(model, cfg, steps)
     balance = Balancer(model, cfg.train)
     labels = np.arange(len(ids)) % 7
-    dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True)
+    dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True,
+                          waveform=reads_waveform(cfg.model))
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=workers > 0)
@@ -91,9 +97,25 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
     return end_to_end, compute
 
 
+# (label, config, overrides, device, bf16, channels_last, compile)
+Variant = tuple[str, str, tuple[str, ...], str, bool, bool, bool]
+VIDEO_ONLY = ("model.modalities=[video]",)
+
+
+def cuda_variants() -> list[Variant]:
+    default = [("default", "default", (), "cuda", amp, cl, comp) for amp, cl, comp in
+               [(True, True, False), (True, False, False), (False, True, False), (False, False, False),
+                (True, True, True)]]
+    video = [("video", "default", VIDEO_ONLY + batch, "cuda", True, True, comp)
+             for batch, comp in [((), False), ((), True), (("train.batch_size=128",), True)]]
+    strong = [("strong", "strong", (), "cuda", True, False, comp) for comp in (False, True)]
+    return default + video + strong
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cuda", action="store_true", help="also time default.yaml variants on the GPU")
+    p.add_argument("--configs", default="tiny", help="comma-separated configs timed on the CPU (default tiny)")
+    p.add_argument("--cuda", action="store_true", help="also time default.yaml and strong.yaml variants on the GPU")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds, best of each")
@@ -102,30 +124,31 @@ def main() -> None:
                    help="config overrides for every variant, e.g. model.fusion.mode=transformer train.aux_weight=0")
     args = p.parse_args()
 
-    variants = [("tiny", "cpu", False, False, False)]
+    variants: list[Variant] = [(name, name, (), "cpu", False, False, False) for name in args.configs.split(",")]
     if args.cuda:
         if not torch.cuda.is_available():
             sys.exit("--cuda given but no CUDA device is visible")
-        variants += [("default", "cuda", amp, cl, comp) for amp, cl, comp in
-                     [(True, True, False), (True, False, False), (False, True, False), (False, False, False),
-                      (True, True, True)]]
+        variants += cuda_variants()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        stores: dict[str, tuple[FeatureStore, list[str]]] = {}
-        for name, device, amp, cl, comp in variants:
-            cfg = load_config(name, ["model.video.pretrained=false", "model.audio.pretrained=false", *args.overrides])
-            if name not in stores:
-                path = Path(tmp) / name
-                ids = write_random_store(path, args.clips, 16, cfg.data.face_size, cfg.data.audio_frames)
-                stores[name] = (FeatureStore(path), ids)
-            e2e, compute = measure(cfg, *stores[name], torch.device(device), amp, cl, comp, args.steps, args.workers,
+        stores: dict[tuple[str, int], tuple[FeatureStore, list[str]]] = {}
+        for label, name, extra, device, amp, cl, comp in variants:
+            cfg = load_config(name, ["model.video.pretrained=false", "model.audio.pretrained=false", *extra,
+                                     *args.overrides])
+            clips = max(args.clips, 2 * cfg.train.batch_size)  # whole batches only (drop_last)
+            key = (name, cfg.data.face_size, clips)
+            if key not in stores:  # one store per config, face size and length
+                path = Path(tmp) / "_".join(map(str, key))
+                ids = write_random_store(path, clips, 16, cfg.data.face_size, cfg.data.audio_frames)
+                stores[key] = (FeatureStore(path), ids)
+            e2e, compute = measure(cfg, *stores[key], torch.device(device), amp, cl, comp, args.steps, args.workers,
                                    args.rounds)
-            label = f"{name:8s} {device:4s} {'bf16' if amp else 'fp32'} {'channels_last' if cl else 'contiguous':13s} " \
-                    f"{'compile' if comp else 'eager':7s}"
-            rows.append((label, e2e, compute))
-            print(f"{label}  end-to-end {e2e:8.1f} clips/s   compute-only {compute:8.1f} clips/s", flush=True)
-    label, e2e, compute = rows[0]
-    print(f"ratio end-to-end/compute-only ({label.split()[0]} {label.split()[1]}): {e2e / compute:.2f}")
+            text = f"{label:8s} {device:4s} {'bf16' if amp else 'fp32'} {'channels_last' if cl else 'contiguous':13s} " \
+                   f"{'compile' if comp else 'eager':7s} batch {cfg.train.batch_size:3d}"
+            rows.append((text, e2e, compute))
+            print(f"{text}  end-to-end {e2e:8.1f} clips/s   compute-only {compute:8.1f} clips/s", flush=True)
+    text, e2e, compute = rows[0]
+    print(f"ratio end-to-end/compute-only ({' '.join(text.split()[:2])}): {e2e / compute:.2f}")
 
 
 if __name__ == "__main__":

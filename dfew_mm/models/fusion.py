@@ -115,7 +115,8 @@ def mix_probabilities(logits: list[torch.Tensor], present: list[torch.Tensor], w
     there = torch.stack(present).float()  # (J, B)
     weights = weights.float().unsqueeze(1)  # (J, 1)
     w = weights * there  # (J, B)
-    fallback = weights.expand_as(w) if bool((weights > 0).any()) else there
+    # torch.where, not a Python branch: no host sync, and torch.compile keeps one graph
+    fallback = torch.where((weights > 0).any(), weights.expand_as(w), there)
     w = torch.where(w.sum(0, keepdim=True) > 0, w, fallback)
     w = torch.where(w.sum(0, keepdim=True) > 0, w, torch.ones_like(w))  # nothing present, no weights: all alike
     mixed = (w.unsqueeze(-1) * probs).sum(0) / w.sum(0).unsqueeze(-1)  # (B, 7)
