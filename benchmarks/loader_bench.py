@@ -57,7 +57,8 @@ def floor_clips_per_s(store: FeatureStore, ids: list[str]) -> float:
 
 
 def loader_clips_per_s(store: FeatureStore, ids: list[str], cfg, workers: int, repeats: int) -> float:
-    dataset = ClipDataset(store, ids, np.zeros(len(ids), np.int64), cfg.data, cfg.model.modalities, train=True)
+    dataset = ClipDataset(store, ids, np.zeros(len(ids), np.int64), cfg.data, cfg.model.modalities, train=True,
+                          model_cfg=cfg.model)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
                         collate_fn=collate, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     best = 0.0

@@ -67,7 +67,7 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
     opt, _ = make_optimizer(model, cfg, steps)
     balance = Balancer(model, cfg.train)
     labels = np.arange(len(ids)) % 7
-    dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True)
+    dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True, model_cfg=cfg.model)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=workers > 0)

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from dfew_mm.config import AudioEncoderConfig, ModelConfig, VideoEncoderConfig, load_config
+from dfew_mm.config import ModelConfig, load_config
+from dfew_mm.data.store import CLIP_ARRAYS
 from dfew_mm.errors import AssetError, ConfigError, StoreError
 from dfew_mm.models import build_model
 from dfew_mm.models.backbones import speech_spec, vision_spec
 from dfew_mm.models.backbones.base import is_adapter
-from dfew_mm.models.encoders.audio import AudioEncoder
-from dfew_mm.models.encoders.video import VideoEncoder
-from dfew_mm.models.fit import check_store_fits, store_fit_problems
+from dfew_mm.models.encoders import check_store_fits, store_fit_problems
+from dfew_mm.models.encoders.audio import AudioEncoder, AudioEncoderConfig
+from dfew_mm.models.encoders.video import VideoEncoder, VideoEncoderConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "hub_offline")
 
@@ -362,13 +363,20 @@ def test_unknown_hf_model_offline_says_how_to_get_it():
     ("model.video.freeze=partial", ["none, all, last_blocks, lora"]),
 ])
 def test_unknown_names_list_the_families_and_examples(override, expected, capsys):
-    """Checked where the model is built (and by the command line right after loading the config)."""
+    """Checked when a config is loaded (each modality checks its section), where a model is built from a
+    config made in code, and by the command line before any data is touched."""
     from dfew_mm.cli import main
     from dfew_mm.models import build_model
 
-    cfg = load_config("tiny", [override])  # the config layer knows names, not families
     with pytest.raises(ConfigError) as err:
-        build_model(cfg.model)
+        load_config("tiny", [override])
+    key, value = override.split("=")
+    section, name = key.split(".")[1:]
+    model = load_config("tiny").model
+    bad = dataclasses.replace(model, **{section: dataclasses.replace(getattr(model, section), **{name: value})})
+    with pytest.raises(ConfigError) as built:
+        build_model(bad)
+    assert str(built.value) == str(err.value)
     assert main(["train", "--config", "tiny", "--store", "/nonexistent", override]) == 2
     assert str(err.value) in capsys.readouterr().err  # before the missing store is noticed
     for text in expected:
@@ -510,7 +518,7 @@ def test_store_fit_check_names_what_to_reextract():
     def model(video: str = "resnet18", audio: str = "ast", **video_over) -> ModelConfig:
         return ModelConfig(video=VideoEncoderConfig(arch=video, **video_over), audio=AudioEncoderConfig(arch=audio))
 
-    stored = ["faces", "audio"]
+    stored = list(CLIP_ARRAYS)  # a store of format 1 (no waveform), extracted without --blendshapes
     check_store_fits(model(), 112, stored)  # ResNet at the stored size, AST on the filterbank
     with pytest.raises(StoreError) as err:
         check_store_fits(model("hf/openai/clip-vit-base-patch16", "hf/microsoft/wavlm-base-plus"), 112, stored)
@@ -525,3 +533,5 @@ def test_store_fit_check_names_what_to_reextract():
     assert not store_fit_problems(model("hf/facebook/dinov2-base"), 192, stored)  # 256 / 192 = 1.33x
     assert not store_fit_problems(dataclasses.replace(model("hf/openai/clip-vit-base-patch16"), modalities=["pose"]),
                                   112, stored)
+    shapes = store_fit_problems(dataclasses.replace(model(), modalities=["pose", "blendshapes"]), 112, stored)
+    assert len(shapes) == 1 and "'blendshapes' array" in shapes[0] and "--blendshapes" in shapes[0]
