@@ -24,7 +24,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
+from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE, MAX_FRAMES,
+                               MIN_FACE_SIZE)
 from dfew_mm.errors import ConfigError
 from dfew_mm.files import atomic_write_text
 from dfew_mm.models.encoders import ENCODERS, default_modalities, resolve_modalities

@@ -45,7 +45,8 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
     modalities = cacheable_modalities(cfg)
     if not modalities:
         cacheable = ", ".join(m for m, cls in ENCODERS.items() if cls.cacheable)
-        raise ConfigError(f"nothing to embed: the cache holds {cacheable}; the other modalities are read from the store")
+        raise ConfigError(f"nothing to embed: the cache holds {cacheable}; the other modalities are read from "
+                          "the store")
     meta = cache_meta(cfg, modalities)
     if (out / "meta.json").is_file():
         cache = EmbeddingCache(out)

@@ -21,12 +21,13 @@ VISION = {  # name -> tiny config of a real family member (architecture shrunk, 
                    input_size=S),
     "dinov2": dict(arch="hf/facebook/dinov2-base", arch_kwargs=_VIT, input_size=S),
 }
-_SSL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[32, 32],
-            conv_kernel=[20, 20], conv_stride=[16, 20], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+SSL = dict(  # WavLM / HuBERT (wav2vec 2.0 layout), shrunk
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[32, 32],
+    conv_kernel=[20, 20], conv_stride=[16, 20], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 SPEECH = {
     "ast": dict(arch="ast", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
-    "wavlm": dict(arch="hf/microsoft/wavlm-base-plus", arch_kwargs=dict(_SSL, num_buckets=16, max_bucket_distance=32)),
-    "hubert": dict(arch="hf/facebook/hubert-base-ls960", arch_kwargs=_SSL),
+    "wavlm": dict(arch="hf/microsoft/wavlm-base-plus", arch_kwargs=dict(SSL, num_buckets=16, max_bucket_distance=32)),
+    "hubert": dict(arch="hf/facebook/hubert-base-ls960", arch_kwargs=SSL),
     "whisper": dict(arch="hf/openai/whisper-base", arch_kwargs=dict(d_model=32, encoder_layers=2,
                                                                     encoder_attention_heads=2, encoder_ffn_dim=64)),
 }

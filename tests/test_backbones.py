@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny_backbones import S, SECONDS, SPEECH, SR, TRANSFORMERS_A, TRANSFORMERS_V, VISION, audio_cfg, video_cfg
+from _tiny_backbones import S, SECONDS, SPEECH, SR, SSL, TRANSFORMERS_A, TRANSFORMERS_V, VISION, audio_cfg, video_cfg
 from dfew_mm.config import ModelConfig, load_config
 from dfew_mm.data.store import CLIP_ARRAYS
 from dfew_mm.errors import AssetError, ConfigError, StoreError
@@ -248,7 +248,7 @@ def test_hf_vision_builds_from_a_local_folder_and_loads_its_tower_strictly(tmp_p
 def test_speech_encoders_load_local_folders_strictly(tmp_path):
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor, WhisperConfig, WhisperModel
 
-    hubert = HubertModel(HubertConfig(**_SSL))
+    hubert = HubertModel(HubertConfig(**SSL))
     hubert.save_pretrained(tmp_path / "hubert")
     Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(tmp_path / "hubert")
     enc = AudioEncoder(AudioEncoderConfig(arch=f"hf/{tmp_path / 'hubert'}", max_length=160))

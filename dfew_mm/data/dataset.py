@@ -93,7 +93,8 @@ class ClipDataset(Dataset):
             idx = slice(None)  # every stored frame in order: use the loaded arrays without a copy
         for name, transform in self.transforms.items():
             if name in arrays:
-                arrays[name] = transform(arrays[name], rng if rng is not None else np.random.default_rng([self.seed, index]))
+                draws = rng if rng is not None else np.random.default_rng([self.seed, index])
+                arrays[name] = transform(arrays[name], draws)
         frames = Frames(idx, np.full(cfg.frames, t_stored > 0), t_stored, cfg, rng, clip_id)
         frame_time = arrays["frame_time"][idx] if t_stored else np.zeros(cfg.frames, np.float32)
         sample = Sample(frame_time=torch.from_numpy(np.asarray(frame_time, dtype=np.float32)),
