@@ -19,9 +19,8 @@ import logging
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dfew_mm.config import AudioEncoderConfig, VideoEncoderConfig
-from dfew_mm.models.encoders.audio import AudioEncoder
-from dfew_mm.models.encoders.video import VideoEncoder, face_geometry
+from dfew_mm.models.encoders.audio import AudioEncoder, AudioEncoderConfig
+from dfew_mm.models.encoders.video import VideoEncoder, VideoEncoderConfig, face_geometry
 
 VIDEO = [("resnet18", 112), ("resnet18", 224), ("resnet50", 112), ("resnet50", 224),
          ("timm/tf_efficientnet_b0.ns_jft_in1k", 0), ("timm/tf_efficientnet_b2.ns_jft_in1k", 0),

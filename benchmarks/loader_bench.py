@@ -28,7 +28,6 @@ from dfew_mm.batch import collate
 from dfew_mm.constants import HOP_SAMPLES, N_BLENDSHAPES, WAVEFORM_ARRAY
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
-from dfew_mm.models.fit import reads_waveform
 
 
 def write_random_store(path: Path, clips: int, frames: int, face: int, audio_frames: int, seed: int = 0) -> list[str]:
@@ -64,7 +63,7 @@ def floor_clips_per_s(store: FeatureStore, ids: list[str]) -> float:
 
 def loader_clips_per_s(store: FeatureStore, ids: list[str], cfg, workers: int, repeats: int) -> float:
     dataset = ClipDataset(store, ids, np.zeros(len(ids), np.int64), cfg.data, cfg.model.modalities, train=True,
-                          waveform=reads_waveform(cfg.model))
+                          model_cfg=cfg.model)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
                         collate_fn=collate, persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     best = 0.0

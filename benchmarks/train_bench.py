@@ -33,7 +33,6 @@ from dfew_mm.batch import batch_to, collate
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.models import build_model
-from dfew_mm.models.fit import reads_waveform
 from dfew_mm.train import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,8 +71,7 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
     opt, _ = make_optimizer(model, cfg, steps)
     balance = Balancer(model, cfg.train)
     labels = np.arange(len(ids)) % 7
-    dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True,
-                          waveform=reads_waveform(cfg.model))
+    dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True, model_cfg=cfg.model)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=workers > 0)

@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import CLASSES, DARK_FACE_LUMA, MODALITIES
+from dfew_mm.constants import CLASSES, DARK_FACE_LUMA
+from dfew_mm.models.encoders import ENCODERS
 from dfew_mm.errors import DfewMMError
 from dfew_mm.predictions import PREDICTION_COLUMNS, RELIANCE_COLUMNS, metrics_path_for, upgrade_predictions
 from dfew_mm.metrics import classification_metrics
@@ -95,10 +96,12 @@ def _system_labels(data: pd.DataFrame) -> pd.Series:
 
 
 def systems_in_order(data: pd.DataFrame) -> list[str]:
-    """Systems sorted by number of modalities, then in MODALITIES order (video first)."""
+    """Systems sorted by number of modalities, then in the registry's order (video first)."""
+    order = list(ENCODERS)
+
     def key(system: str) -> tuple:
         mods = system.split(" ")[0].split("+")
-        return (len(mods), [MODALITIES.index(m) for m in mods], system)
+        return (len(mods), [order.index(m) for m in mods], system)
 
     return sorted(data["system"].unique(), key=key)
 
@@ -458,7 +461,7 @@ def plot_reliance(table: pd.DataFrame):
     fig, axes = plt.subplots(1, len(systems), figsize=(5 * len(systems), 3.6), squeeze=False, sharey=True)
     for ax, system in zip(axes[0], systems):
         part = table[table["system"] == system]
-        modalities = [m for m in MODALITIES if m in set(part["modality"])]
+        modalities = [m for m in ENCODERS if m in set(part["modality"])]
         x = np.arange(len(modalities))
         for shift, (name, colour) in zip((-0.2, 0.2), (("low-light", "tab:blue"), ("normal", "tab:orange"))):
             rows = part[part["clips"] == name].set_index("modality").reindex(modalities)

@@ -1,57 +1,33 @@
 """The sample/batch contract shared by the data pipeline and the models (below both).
 
-A sample is one clip as tensors, a batch is samples stacked by `collate`; every modality comes
-with a validity mask, so absent modalities and padding are explicit. Shapes: T frames, S face
-size, F filterbank frames (10 ms each), B clips.
+A sample is one clip as tensors, a batch is samples stacked by `collate`. Beside the keys below,
+every registered modality adds its own, each with a validity mask, so absent modalities and
+padding are explicit: the encoder class of each modality (dfew_mm.models.encoders) lists them with
+their shapes (e.g. video (T, 3, S, S) uint8 + video_mask (T,)). Training from an embedding cache
+adds `<modality>_emb` (L, D) float32, `<modality>_emb_mask` (L,) bool and `<modality>_emb_time` (L,)
+seconds for each cached modality. T frames, B clips.
 """
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, TypedDict
 
 import torch
 from torch.utils.data import get_worker_info
 
 
-class Sample(TypedDict):
-    video: torch.Tensor  # (T, 3, S, S) uint8 RGB face crops
-    video_mask: torch.Tensor  # (T,) bool, a face was found in that frame
-    pose: torch.Tensor  # (T, 33, 4) float32 x, y, z, visibility
-    pose_mask: torch.Tensor  # (T,) bool
-    blendshapes: NotRequired[torch.Tensor]  # (T, 52) float32 FaceLandmarker expression scores (ClipDataset
-    blendshapes_mask: NotRequired[torch.Tensor]  # (T,) bool                                     always sets them)
-    audio: torch.Tensor  # (F, 128) float32 log-mel filterbank (not yet normalised)
-    audio_mask: torch.Tensor  # (F,) bool, false for padding and for clips without audio
-    audio_start: float  # seconds of clip time at audio[0] (non-zero after a random crop)
+class Sample(TypedDict, total=False):
     frame_time: torch.Tensor  # (T,) float32 seconds
     label: int  # 0-based class index
     clip_id: str
-    # Only for a waveform speech encoder: the 16 kHz audio of the filterbank window.
-    waveform: NotRequired[torch.Tensor]  # (F x 160,) float32 in [-1, 1)
-    waveform_mask: NotRequired[torch.Tensor]  # (F x 160,) bool
+    # ... and the modality keys: tensors, or floats such as audio_start (seconds)
 
 
-class Batch(TypedDict):
-    video: torch.Tensor  # (B, T, 3, S, S) uint8
-    video_mask: torch.Tensor  # (B, T) bool
-    pose: torch.Tensor  # (B, T, 33, 4) float32
-    pose_mask: torch.Tensor  # (B, T) bool
-    blendshapes: NotRequired[torch.Tensor]  # (B, T, 52) float32
-    blendshapes_mask: NotRequired[torch.Tensor]  # (B, T) bool
-    audio: torch.Tensor  # (B, F, 128) float32
-    audio_mask: torch.Tensor  # (B, F) bool
-    audio_start: torch.Tensor  # (B,) float32 seconds
+class Batch(TypedDict, total=False):
     frame_time: torch.Tensor  # (B, T) float32 seconds
     label: torch.Tensor  # (B,) int64
     clip_id: list[str]
-    waveform: NotRequired[torch.Tensor]  # (B, F x 160) float32, only for a waveform speech encoder
-    waveform_mask: NotRequired[torch.Tensor]  # (B, F x 160) bool
-    # Only when training from an embedding cache (`dfew_mm embed`): frozen-backbone outputs that
-    # replace running the video / audio encoders.
-    video_emb: NotRequired[torch.Tensor]  # (B, T, D_v) float32
-    audio_emb: NotRequired[torch.Tensor]  # (B, T_a, D_a) float32
-    audio_emb_mask: NotRequired[torch.Tensor]  # (B, T_a) bool
-    audio_emb_time: NotRequired[torch.Tensor]  # (B, T_a) float32 seconds
+    # ... and the modality keys, stacked: tensors (B, ...), floats as (B,) float32
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -65,21 +41,27 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
+def _stack_in_layout(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors in their memory layout and view the result in their shape: a plain memcpy for
+    permuted views, e.g. faces stored (T, S, S, 3) and seen as (T, 3, S, S) stay channels-last."""
+    first = tensors[0]
+    order = sorted(range(first.dim()), key=lambda d: -first.stride(d))  # dims, outermost in memory first
+    stacked = _stack([t.permute(order) for t in tensors])  # (B, *shape in memory order)
+    return stacked.permute(0, *(1 + order.index(d) for d in range(first.dim())))  # (B, *shape)
+
+
 def collate(samples: list[Sample]) -> Batch:
-    """Stack samples into a `Batch` (all samples share T, F and S by construction)."""
-    stack = lambda key: _stack([s[key] for s in samples])  # noqa: E731
-    # Stack faces in their stored (T, S, S, 3) layout (a plain memcpy) and view them as
-    # (B, T, 3, S, S); the encoder then works channels-last without another copy.
-    video = _stack([s["video"].permute(0, 2, 3, 1) for s in samples]).permute(0, 1, 4, 2, 3)
-    cached = {key: stack(key) for key in ("video_emb", "audio_emb", "audio_emb_mask", "audio_emb_time",
-                                          "waveform", "waveform_mask", "blendshapes", "blendshapes_mask")
-              if key in samples[0]}
-    return Batch(**cached, video=video, video_mask=stack("video_mask"), pose=stack("pose"),
-                 pose_mask=stack("pose_mask"), audio=stack("audio"), audio_mask=stack("audio_mask"),
-                 audio_start=torch.tensor([s["audio_start"] for s in samples], dtype=torch.float32),
-                 frame_time=stack("frame_time"),
-                 label=torch.tensor([s["label"] for s in samples], dtype=torch.int64),
-                 clip_id=[s["clip_id"] for s in samples])
+    """Stack samples into a `Batch` (all samples of a dataset share their keys and shapes)."""
+    batch: dict[str, Any] = {}
+    for key, value in samples[0].items():
+        values = [s[key] for s in samples]  # type: ignore[literal-required]
+        if isinstance(value, torch.Tensor):
+            batch[key] = _stack_in_layout(values)
+        elif isinstance(value, str):
+            batch[key] = values
+        else:  # a number per clip: ints (label) as int64, floats (e.g. audio_start seconds) as float32
+            batch[key] = torch.tensor(values)
+    return batch  # type: ignore[return-value]
 
 
 def batch_to(batch: Batch, device: torch.device) -> Batch:

@@ -309,8 +309,8 @@ def _run_extract(args) -> int:
 # -- train / cv ------------------------------------------------------------------------------
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="default", help="configs/<name>.yaml or a path (default: default)")
-    p.add_argument("--modalities", help="comma-separated subset of video,pose,audio,blendshapes (blendshapes needs "
-                   "a store extracted with --blendshapes; default: the config's)")
+    p.add_argument("--modalities", help="comma-separated modalities, e.g. video,pose (default: the config's; an "
+                   "unknown name lists the valid ones, a store lacking a modality's arrays says how to extract them)")
     p.add_argument("--store", help="feature store (data.store)")
     p.add_argument("--dfew-root", help="DFEW copy with the split files (data.dfew_root)")
     p.add_argument("--splits-dir", help="split files elsewhere than DFEW_ROOT (data.splits_dir)")
@@ -322,7 +322,6 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
 def _experiment_config(args, extra: Sequence[str] = ()):
     from dfew_mm.config import load_config
     from dfew_mm.models import resolve_modalities
-    from dfew_mm.models.backbones import check_encoder_config
 
     overrides = list(args.overrides)
     if args.modalities is not None:
@@ -332,9 +331,7 @@ def _experiment_config(args, extra: Sequence[str] = ()):
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.allow_missing:
         overrides.append("data.allow_missing=true")
-    cfg = load_config(args.config, overrides + list(extra))
-    check_encoder_config(cfg.model)  # backbone names and tuning choices, before any data is touched
-    return cfg
+    return load_config(args.config, overrides + list(extra))  # checks each encoder's settings too
 
 
 def _add_train(sub) -> None:
@@ -399,8 +396,9 @@ def _run_cv(args) -> int:
 
 
 def _add_embed(sub) -> None:
-    p = _parser(sub, "embed", "Run the frozen video/audio encoders once over a store and cache their outputs.",
-                "dfew_mm embed --config default --store features/dfew --out features/dfew_emb",
+    p = _parser(sub, "embed", "Run the encoders of the cacheable modalities (e.g. video, audio) once over a store and "
+                "cache their tokens, for training with frozen encoders (sweep).",
+                "dfew_mm embed --config ablation_frozen --store features/dfew --out features/dfew_emb",
                 "dfew_mm embed --config tiny --store features/synth --out features/synth_emb")
     _add_experiment_args(p)
     p.add_argument("--out", required=True, help="cache folder (created; resumed if present)")
@@ -420,7 +418,7 @@ def _run_embed(args) -> int:
 def _add_sweep(sub) -> None:
     p = _parser(sub, "sweep", "Train every non-empty modality subset over the chosen folds from an embedding cache; "
                 "writes one table.",
-                "dfew_mm sweep --config default --cache features/dfew_emb --folds 1-5 --out runs/sweep",
+                "dfew_mm sweep --config ablation_frozen --cache features/dfew_emb --folds 1-5 --out runs/sweep",
                 "dfew_mm sweep --config tiny --cache features/synth_emb --folds 1,2 --out runs/sweep_tiny")
     _add_experiment_args(p)
     p.add_argument("--cache", required=True, help="embedding cache from `dfew_mm embed`")
@@ -430,9 +428,10 @@ def _add_sweep(sub) -> None:
 
 def _run_sweep(args) -> int:
     from dfew_mm.cv import sweep
+    from dfew_mm.data.embeddings import EmbeddingCache
 
-    cfg = _experiment_config(args, [f"data.embedding_cache={args.cache}", "model.video.freeze=all",
-                                    "model.audio.freeze=all"])
+    frozen = [f"model.{m}.freeze=all" for m in EmbeddingCache(args.cache).modalities]  # what the cache holds
+    cfg = _experiment_config(args, [f"data.embedding_cache={args.cache}", *frozen])
     sweep(cfg, args.folds, args.out)
     if not _finish_distributed():
         return 0

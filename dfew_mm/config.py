@@ -14,7 +14,7 @@ import math
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -24,10 +24,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, DEFAULT_MODALITIES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE,
-                               MAX_FRAMES, MIN_FACE_SIZE, MODALITIES)
+from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE, MAX_FRAMES,
+                               MIN_FACE_SIZE)
 from dfew_mm.errors import ConfigError
 from dfew_mm.files import atomic_write_text
+from dfew_mm.models.encoders import ENCODERS, default_modalities, resolve_modalities
+from dfew_mm.models.fusion import FusionConfig
 
 log = logging.getLogger(__name__)
 SHIPPED_CONFIGS = "dfew_mm.configs"  # the top-level configs/ folder, shipped inside the package
@@ -49,92 +51,21 @@ class DataConfig:
     embedding_cache: str = ""  # frozen-backbone embeddings from `dfew_mm embed`
 
 
-@dataclass
-class VideoEncoderConfig:
-    # resnet18 | resnet34 | resnet50 (torchvision), timm/<model name>, hf/<Hugging Face repo id or local folder>
-    arch: str = "resnet18"
-    pretrained: bool = True  # the backbone's published weights (torchvision ImageNet, timm, Hugging Face)
-    checkpoint: str = ""  # local weights instead: a state dict (e.g. an HSEmotion face model) or a Hugging Face folder
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model kwargs / Hugging Face config keys
-    # none | all | last_blocks (the last trainable_blocks train) | lora (adapters only); all_but_last = 1 last block
-    freeze: str = "none"
-    trainable_blocks: int = 1  # last_blocks: ResNet stages or transformer layers that train, counted from the top
-    lora_rank: int = 8
-    lora_alpha: float = 16.0  # adapter scale = lora_alpha / lora_rank
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=list)  # module names; empty: the backbone's attention projections
-    input_size: int = 0  # px the backbone sees; 0: its own input size (ResNets: as stored)
-    crop_pct: float = 0.0  # centre-crop share after resizing; 0: the backbone's own (1 / its resize ratio), 1: no crop
-    # backbone: the backbone's own mean/std (what pretrained weights expect); imagenet: ImageNet mean/std;
-    # per_image: each face crop to zero mean, unit variance, which makes a from-scratch backbone blind to
-    # exposure (low light)
-    normalise: str = "backbone"  # backbone | imagenet | per_image
+def model_config_class() -> type:
+    """The `model` section as a dataclass: `modalities`, then one section per registered modality, named
+    after it and typed by its encoder's `Config` (model.video.arch, model.pose.hidden, ...), then `fusion`.
+
+    Derived from the registry (dfew_mm.models.encoders) at import, so that a modality is one encoder file
+    plus its registry line; call it again after `registered(...)` for a schema with added modalities.
+    """
+    sections = [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in ENCODERS.items()]
+    cls = make_dataclass("ModelConfig", [("modalities", list[str], field(default_factory=default_modalities)),
+                                         *sections, ("fusion", FusionConfig, field(default_factory=FusionConfig))])
+    cls.__module__ = __name__  # pickled by reference to dfew_mm.config.ModelConfig (DataLoader workers)
+    return cls
 
 
-@dataclass
-class PoseEncoderConfig:
-    hidden: int = 256
-    layers: int = 2
-    dropout: float = 0.1
-
-
-@dataclass
-class BlendshapeEncoderConfig:
-    hidden: int = 128
-    layers: int = 2
-    dropout: float = 0.1
-
-
-@dataclass
-class AudioEncoderConfig:
-    # ast (filterbank) | hf/<Hugging Face repo id or local folder> of a WavLM, HuBERT, wav2vec 2.0 or Whisper
-    # model (16 kHz waveform)
-    arch: str = "ast"
-    pretrained: bool = True
-    checkpoint: str = ""  # where the weights come from: "" = the arch's own (ast: AudioSet AST), or a local folder
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # Hugging Face config keys (hf/ archs)
-    freeze: str = "none"  # none | all | last_blocks | lora (all_but_last = last_blocks with 1 block)
-    trainable_blocks: int = 1
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=list)
-    # AST architecture (arch=ast); the AudioSet checkpoint is 768 / 12 / 12 / 3072.
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    # The clip window in 10 ms frames: the filterbank frames AST sees (padded/cropped), or max_length * 160
-    # waveform samples; >= data.audio_frames
-    max_length: int = 512
-    tokens_per_second: float = 4.0  # encoder outputs are pooled to this rate for fusion
-
-
-@dataclass
-class FusionConfig:
-    dim: int = 256
-    layers: int = 2
-    heads: int = 4
-    dropout: float = 0.1
-    head: str = "linear"  # linear | arcface
-    # Which heads predict (dfew_mm/models/classifier.py): transformer = the temporal transformer's CLS
-    # head; late = one head per modality (its tokens pooled over time -> linear); both = all of them.
-    # Several heads are mixed as probabilities with weights from their validation UAR (validation)
-    # or equal weights (equal).
-    mode: str = "late"  # transformer | late | both
-    member_weights: str = "validation"  # validation | equal
-    arcface_margin: float = 0.2
-    arcface_scale: float = 30.0
-
-
-@dataclass
-class ModelConfig:
-    modalities: list[str] = field(default_factory=lambda: list(DEFAULT_MODALITIES))
-    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
-    pose: PoseEncoderConfig = field(default_factory=PoseEncoderConfig)
-    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
-    blendshapes: BlendshapeEncoderConfig = field(default_factory=BlendshapeEncoderConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
+ModelConfig = model_config_class()
 
 
 @dataclass
@@ -261,15 +192,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Checks that types alone cannot express."""
-    mods = cfg.model.modalities
-    if not mods:
-        raise ConfigError(f"model.modalities is empty: choose any of {', '.join(MODALITIES)}")
-    unknown = [m for m in mods if m not in MODALITIES]
-    if unknown:
-        raise ConfigError(f"unknown modality {unknown}: valid modalities are {', '.join(MODALITIES)}")
+    """Checks that types alone cannot express; each modality in use checks its own section (check_config)."""
+    if not cfg.model.modalities:
+        raise ConfigError(f"model.modalities is empty: choose any of {', '.join(ENCODERS)}")
+    mods = resolve_modalities(list(cfg.model.modalities))
     choices = {
-        "model.video.normalise": (cfg.model.video.normalise, ("backbone", "imagenet", "per_image")),
         "model.fusion.head": (cfg.model.fusion.head, ("linear", "arcface")),
         "train.class_balance": (cfg.train.class_balance, ("none", "weighted_loss", "sampler")),
         "train.device": (cfg.train.device, ("auto", "cpu", "cuda")),
@@ -279,30 +206,20 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if not 1 <= cfg.data.fold <= 5:
         raise ConfigError(f"data.fold={cfg.data.fold}: DFEW has folds 1..5")
-    if "audio" in mods and cfg.data.audio_frames > cfg.model.audio.max_length:
-        raise ConfigError(f"data.audio_frames={cfg.data.audio_frames} exceeds model.audio.max_length="
-                          f"{cfg.model.audio.max_length}: raise model.audio.max_length or lower data.audio_frames")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be between 0 and 1")
     _check_ranges(cfg)
+    for name in mods:
+        ENCODERS[name].check_config(getattr(cfg.model, name), cfg.data)
 
 
-# key -> (lowest, highest, lowest excluded?) for numbers; every value must also be finite.
+# key -> (lowest, highest, lowest excluded?) for numbers; every value must also be finite. The modality
+# sections' bounds come from their encoders (`ranges`).
 RANGES: dict[str, tuple[float, float, bool]] = {
     "data.frames": (1, MAX_FRAMES, False),
     "data.face_size": (MIN_FACE_SIZE, MAX_FACE_SIZE, False),
     "data.audio_frames": (1, MAX_AUDIO_FRAMES, False),
     "data.num_workers": (0, 256, False),
-    "model.video.input_size": (0, 1024, False),
-    "model.pose.hidden": (1, 1 << 16, False),
-    "model.pose.layers": (1, 64, False),
-    "model.pose.dropout": (0.0, 1.0, False),
-    "model.audio.hidden_size": (1, 1 << 16, False),
-    "model.audio.num_layers": (1, 256, False),
-    "model.audio.num_heads": (1, 1024, False),
-    "model.audio.intermediate_size": (1, 1 << 18, False),
-    "model.audio.max_length": (1, MAX_AUDIO_FRAMES, False),
-    "model.audio.tokens_per_second": (0.0, 1000.0, True),
     "model.fusion.dim": (1, 1 << 16, False),
     "model.fusion.layers": (1, 256, False),
     "model.fusion.heads": (1, 1024, False),
@@ -324,19 +241,17 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 
 def _check_ranges(cfg: ExperimentConfig) -> None:
     """One-line errors for numbers outside what the pipeline can run with (and NaN or infinity)."""
-    for key, (low, high, open_low) in RANGES.items():
+    sections = {f"model.{name}.{key}": bounds for name, cls in ENCODERS.items() for key, bounds in cls.ranges.items()}
+    for key, (low, high, open_low) in {**RANGES, **sections}.items():
         value: Any = cfg
         for part in key.split("."):
             value = getattr(value, part)
         if not math.isfinite(value) or value < low or value > high or (open_low and value == low):
             lower = f"above {low:g}" if open_low else f"at least {low:g}"
             raise ConfigError(f"{key}={value!r} is out of range: it must be a number {lower} and at most {high:g}")
-    fusion, audio = cfg.model.fusion, cfg.model.audio
+    fusion = cfg.model.fusion
     if fusion.dim % fusion.heads:
         raise ConfigError(f"model.fusion.dim={fusion.dim} must be divisible by model.fusion.heads={fusion.heads}")
-    if not audio.pretrained and audio.hidden_size % audio.num_heads:
-        raise ConfigError(f"model.audio.hidden_size={audio.hidden_size} must be divisible by "
-                          f"model.audio.num_heads={audio.num_heads}")
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -3,9 +3,6 @@
 # DFEW classes in label order: the split CSVs use 1-based labels, the library uses 0-based indices.
 CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
 NUM_CLASSES = len(CLASSES)
-# blendshapes: the 52 FaceLandmarker expression scores per frame (extraction with --blendshapes).
-MODALITIES = ("video", "pose", "audio", "blendshapes")
-DEFAULT_MODALITIES = ("video", "pose", "audio")  # what a store extracted with the defaults serves
 
 # Audio features: 128-bin Kaldi log-mel filterbank as used by the AST AudioSet checkpoints.
 SAMPLE_RATE = 16_000  # Hz, mono

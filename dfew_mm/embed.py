@@ -1,7 +1,7 @@
-"""`dfew_mm embed`: run the frozen video/audio encoders once over a store and cache their outputs.
+"""`dfew_mm embed`: run the encoders of the cacheable modalities once over a store and cache their tokens.
 
 The cache layout and its reader are in dfew_mm.data.embeddings; training reads the cache instead
-of faces and filterbanks when `data.embedding_cache` is set.
+of those modalities' store arrays when `data.embedding_cache` is set.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from torch.utils.data import DataLoader
 from dfew_mm.batch import collate
 from dfew_mm.config import ExperimentConfig
 from dfew_mm.data.dataset import ClipDataset
-from dfew_mm.data.embeddings import CACHED_MODALITIES, EmbeddingCache, cache_meta
+from dfew_mm.data.embeddings import EmbeddingCache, cache_meta, cacheable_modalities
 from dfew_mm.data.store import FeatureStore, check_zip_file
 from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.files import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from dfew_mm.device import resolve_device
 from dfew_mm.inference import run_inference
-from dfew_mm.models import ENCODERS, build_model
-from dfew_mm.models.fit import reads_waveform
+from dfew_mm.models import build_model, load_pretrained
+from dfew_mm.models.encoders import ENCODERS
 
 log = logging.getLogger(__name__)
 
 
 def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, device: str = "auto",
                 progress: bool = True) -> Path:
-    """Embed every usable clip of `cfg.data.store` with the config's video/audio encoders.
+    """Embed every usable clip of `cfg.data.store` with the encoders of the config's cacheable modalities
+    (training from the cache then needs them frozen, `freeze: all`).
 
     Resumable: clips already in the cache are skipped. The encoders are built and loaded
     (pretrained weights as configured) once; their weights are saved with the cache.
@@ -41,9 +42,11 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
     if not cfg.data.store:
         raise ConfigError("no feature store given: pass --store FEATURES (data.store=FEATURES)")
     out = Path(out)
-    modalities = [m for m in cfg.model.modalities if m in CACHED_MODALITIES]
+    modalities = cacheable_modalities(cfg)
     if not modalities:
-        raise ConfigError("nothing to embed: the cache holds video and/or audio; pose is read from the store")
+        cacheable = ", ".join(m for m, cls in ENCODERS.items() if cls.cacheable)
+        raise ConfigError(f"nothing to embed: the cache holds {cacheable}; the other modalities are read from "
+                          "the store")
     meta = cache_meta(cfg, modalities)
     if (out / "meta.json").is_file():
         cache = EmbeddingCache(out)
@@ -64,8 +67,7 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
         for m, state in saved.items():
             model.encoders[m].load_state_dict(state, strict=True)
     else:
-        for m in modalities:
-            ENCODERS[m][1](model.encoders[m], model_cfg)  # pretrained weights as configured
+        load_pretrained(model)  # pretrained weights as configured
         state = {m: model.encoders[m].state_dict() for m in modalities}
         atomic_write_bytes(encoders_path, lambda f: torch.save(state, f))
     atomic_write_bytes(out / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
@@ -76,22 +78,20 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
     log.info("embedding %d clips (%d already cached) with %s on %s", len(todo), len(usable) - len(todo),
              ",".join(modalities), dev)
     dataset = ClipDataset(store, todo, np.zeros(len(todo), np.int64), cfg.data, modalities, train=False,
-                          waveform=reads_waveform(cfg.model))
+                          model_cfg=cfg.model)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
 
     def encode(batch) -> dict[str, torch.Tensor]:
         outputs = {}
-        if "video" in modalities:
-            outputs["video"] = model.encoders["video"](batch["video"])  # (B, T, D_v)
-        if "audio" in modalities:
-            tokens, mask, times = model.encoders["audio"](batch["audio"], batch["audio_mask"], batch["audio_start"])
-            outputs.update(audio=tokens, audio_mask=mask, audio_time=times)  # (B, T_a, D_a), (B, T_a) x2
+        for m in modalities:
+            features, mask, times = model.encoders[m].tokens(batch)  # (B, L, D), (B, L), (B, L)
+            outputs.update({m: features.float(), f"{m}_mask": mask, f"{m}_time": times.float()})
         return outputs
 
     for batch, outputs in run_inference(encode, loader, dev, cfg.train.amp, progress, desc="embed"):
-        arrays = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in outputs.items()}
+        arrays = {k: v.cpu().numpy() for k, v in outputs.items()}
         for b, clip_id in enumerate(batch["clip_id"]):
-            clip = {k: (v[b].astype(np.float16) if k in ("video", "audio") else v[b]) for k, v in arrays.items()}
+            clip = {k: v[b].astype(np.float16) if k in modalities else v[b] for k, v in arrays.items()}
             atomic_write_bytes(out / "clips" / f"{clip_id}.npz", lambda f: np.savez(f, **clip))
     return out
 

@@ -22,7 +22,6 @@ from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.files import atomic_write_text  # a failed write leaves the previous file whole
 from dfew_mm.lowlight import Darken, darken  # noqa: F401  (the low-light model; also imported from here)
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
-from dfew_mm.constants import MODALITIES
 from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, RELIANCE_COLUMNS,  # noqa: F401
                                  metrics_path_for, modality_label, perturbation_kind, perturbation_label,
                                  prediction_frame, run_name)
@@ -129,8 +128,6 @@ def excluded_path_for(out_csv: str | Path) -> Path:
 
 
 # -- does the store serve the model? ---------------------------------------------------------------
-MODALITY_ARRAYS = {"video": ("faces", "face_mask"), "pose": ("pose", "pose_mask"), "audio": ("audio",),
-                   "blendshapes": ("blendshapes", "face_mask")}
 # Settings that may differ between the training store and an evaluated store: the darkening is what
 # a darkened store is for; everything else changes what the model sees besides the light.
 DARKENING_SETTINGS = ("darken", "darken_seed")
@@ -141,17 +138,18 @@ EXTRACT_FLAGS = {"frames": "--frames", "face_size": "--face-size", "face_model":
 def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[list[str], list[str]]:
     """(what the store lacks for the model, extraction flags that fix it), from one clip's array headers
     and the extraction settings of this store and of the store the model was trained on."""
-    from dfew_mm.constants import WAVEFORM_ARRAY
     from dfew_mm.data.store import FeatureStore
     from dfew_mm.extract.options import ABSENT_SETTINGS
-    from dfew_mm.models.backbones import speech_spec
+    from dfew_mm.models.encoders import ENCODERS
+    from dfew_mm.models.encoders.base import extract_flag
 
     shapes = store.array_shapes(clip_id)
     problems: list[str] = []
     flags: dict[str, str] = {}
-    wanted = [name for m in modalities for name in MODALITY_ARRAYS[m]]
-    if "audio" in modalities and speech_spec(cfg.model.audio).input == "waveform":
-        wanted.append(WAVEFORM_ARRAY)
+    wanted = list(dict.fromkeys(a for m in modalities for a in ENCODERS[m].store_arrays(getattr(cfg.model, m))))
+    # extraction switches that write a modality's arrays (e.g. blendshapes): array name -> switch
+    switch_of = {a: cls.extract_option for name, cls in ENCODERS.items() if cls.extract_option
+                 for a in cls.store_arrays(getattr(cfg.model, name))}
     reference = None
     trained_on = Path(cfg.data.store) if cfg.data.store else None
     if trained_on is not None and trained_on.is_dir() and trained_on.resolve() != store.path.resolve():
@@ -162,10 +160,9 @@ def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[lis
     missing = [n for n in wanted if n not in shapes]
     if missing:
         problems.append(f"no {', '.join(missing)} array{'s' if len(missing) > 1 else ''} in its clip files")
-        if "blendshapes" in missing:
-            flags["blendshapes"] = "--blendshapes"
+        flags.update({switch_of[a]: extract_flag(switch_of[a]) for a in missing if a in switch_of})
     size = cfg.data.face_size
-    if "video" in modalities and "faces" in shapes and tuple(shapes["faces"][1:3]) != (size, size):
+    if "faces" in wanted and "faces" in shapes and tuple(shapes["faces"][1:3]) != (size, size):
         problems.append(f"faces of {shapes['faces'][1]} px where the model reads {size} px (data.face_size)")
         flags["face_size"] = f"--face-size {size}"
     ours = store.settings()
@@ -175,12 +172,13 @@ def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[lis
         for key in sorted(set(ours) | set(theirs)):
             if key in DARKENING_SETTINGS or key == "store_format" or ours.get(key) == theirs.get(key):
                 continue
-            if key == "blendshapes" and not theirs.get(key):
-                continue  # blendshapes this store has and the training store had not are never read
+            switch = key in switch_of.values()
+            if switch and not theirs.get(key):
+                continue  # arrays this store has and the training store had not are never read
             problems.append(f"{key} {ours.get(key)!r} where the training store {trained_on} has {theirs.get(key)!r}")
             value = theirs.get(key)
             flags[key] = (f"{EXTRACT_FLAGS[key]} {value}" if key in EXTRACT_FLAGS
-                          else "--blendshapes" if key == "blendshapes" else f"{key}={value!r}")
+                          else extract_flag(key) if switch else f"{key}={value!r}")
     elif ours is not None and "frames" in ours and ours["frames"] != cfg.data.frames:
         log.warning("%s holds %s frames per clip and the model reads %d (data.frames); the training store's "
                     "settings are not available to check that it saw the same", store.path, ours["frames"],
@@ -201,19 +199,19 @@ def check_store_serves(cfg, store, clip_id: str, modalities: Sequence[str], chec
 
 
 def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequence[str], device,
-                        face_transform=None, batch_size: int | None = None, num_workers: int = 0,
+                        transforms=None, batch_size: int | None = None, num_workers: int = 0,
                         seed: int = 0, desc: str = "evaluate") -> np.ndarray:
-    """Class probabilities (N, 7) for the store clips in `clips` (columns clip_id, label)."""
+    """Class probabilities (N, 7) for the store clips in `clips` (columns clip_id, label); `transforms`
+    change stored arrays by name first (ClipDataset)."""
     from torch.utils.data import DataLoader
 
     from dfew_mm.batch import collate
     from dfew_mm.data.dataset import ClipDataset
     from dfew_mm.inference import predict_logits
-    from dfew_mm.models.fit import reads_waveform
 
     dataset = ClipDataset(store, clips["clip_id"].tolist(), clips["label"].to_numpy(), cfg.data,
-                          modalities=list(modalities), train=False, face_transform=face_transform, seed=seed,
-                          waveform=reads_waveform(cfg.model))
+                          modalities=list(modalities), train=False, transforms=transforms, seed=seed,
+                          model_cfg=cfg.model)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
     return predict_logits(model, loader, device, cfg.train.amp, modalities, progress=True, desc=desc).probs
@@ -243,6 +241,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     from dfew_mm.checkpoint import load_checkpoint
     from dfew_mm.data.store import FeatureStore
     from dfew_mm.device import resolve_device
+    from dfew_mm.models.encoders import ENCODERS
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -282,13 +281,13 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
 
     frames = []
     for strength in strengths:
-        transform = Darken(strength) if strength > 0 else None
+        transform = {"faces": Darken(strength)} if strength > 0 else None  # the stored face crops
         label = perturbation_label(scene or strength, kind)
         probs = predict_store_clips(model, cfg, feature_store, clips, mods, device, transform, batch_size,
                                     num_workers, seed, desc=label)
         leaned = {}
         if attribution:  # same clips, same darkened frames (seeded per clip), one modality masked at a time
-            for m in MODALITIES:
+            for m in ENCODERS:
                 rest = [x for x in mods if x != m]
                 leaned[f"reliance_{m}"] = np.nan if m not in mods else reliance(probs, predict_store_clips(
                     model, cfg, feature_store, clips, rest, device, transform, batch_size, num_workers, seed,

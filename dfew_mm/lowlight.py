@@ -165,7 +165,7 @@ def clip_rng(clip_id: str, seed: int = 0) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Darken:
-    """Crop level: `darken` at a fixed strength in the dataset's `face_transform(faces, rng)` form (picklable)."""
+    """Crop level: `darken` at a fixed strength as a dataset array transform of the faces (picklable)."""
 
     strength: float
 

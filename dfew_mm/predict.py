@@ -25,10 +25,10 @@ class InMemoryClips(ClipDataset):
     """ClipDataset over arrays held in memory instead of a feature store (same resampling and masks)."""
 
     def __init__(self, arrays: dict[str, dict[str, np.ndarray]], data_cfg, modalities: Sequence[str],
-                 waveform: bool = False):
+                 model_cfg=None):
         ids = list(arrays)
         super().__init__(None, ids, np.zeros(len(ids), dtype=np.int64), data_cfg, modalities, train=False,
-                         waveform=waveform)
+                         model_cfg=model_cfg)
         self._clips = arrays
 
     def load_arrays(self, clip_id: str) -> dict[str, np.ndarray]:
@@ -45,6 +45,7 @@ def extraction_options(cfg):
 
     from dfew_mm.extract.run import SETTINGS_FILE
     from dfew_mm.extract.options import ExtractOptions
+    from dfew_mm.models.encoders import ENCODERS
 
     settings = Path(cfg.data.store) / SETTINGS_FILE if cfg.data.store else None
     if settings is not None and settings.is_file():
@@ -55,8 +56,8 @@ def extraction_options(cfg):
         return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k != "darken"})
     log.info("training store settings not found (%s); extracting with defaults, %d frames, %d px faces",
              settings, cfg.data.frames, cfg.data.face_size)
-    return ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size,
-                          blendshapes="blendshapes" in cfg.model.modalities)
+    switches = {ENCODERS[m].extract_option: True for m in cfg.model.modalities if ENCODERS[m].extract_option}
+    return ExtractOptions(frames=cfg.data.frames, face_size=cfg.data.face_size, **switches)
 
 
 def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_dir: str | Path | None = None,
@@ -76,7 +77,6 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
     from dfew_mm.evaluate import parse_modalities
     from dfew_mm.extract.worker import ClipExtractor, resolve_models
     from dfew_mm.inference import predict_logits
-    from dfew_mm.models.fit import reads_waveform
 
     dev = resolve_device(device)
     model, cfg, _ = load_checkpoint(checkpoint, map_location=dev)
@@ -96,7 +96,7 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
                 results.append({"clip": str(path), "ok": False,
                                 "error": f"cannot read {path}: {record['error']}"})
                 continue
-            clips = InMemoryClips({path.stem: arrays}, cfg.data, mods, waveform=reads_waveform(cfg.model))
+            clips = InMemoryClips({path.stem: arrays}, cfg.data, mods, model_cfg=cfg.model)
             loader = DataLoader(clips, batch_size=1, collate_fn=collate)
             probs = predict_logits(model, loader, dev, cfg.train.amp, mods).probs[0]  # (7,)
             order = np.argsort(-probs)[:top_k]

@@ -35,11 +35,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import CLASSES, MODALITIES
+from dfew_mm.constants import CLASSES
+from dfew_mm.models.encoders import ENCODERS
 
 PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
 QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
-RELIANCE_COLUMNS = tuple(f"reliance_{m}" for m in MODALITIES)  # optional: `evaluate --attribution`
+RELIANCE_COLUMNS = tuple(f"reliance_{m}" for m in ENCODERS)  # optional: `evaluate --attribution`
 PREDICTION_COLUMNS = (
     ("clip_id", "label", "pred", "correct") + PROB_COLUMNS
     + ("label_name", "pred_name", "modalities", "perturbation", "darken", "darken_kind", "run",
@@ -51,7 +52,7 @@ _PREFIX = {"crop": "darken", "scene": "scene"}  # perturbation label prefix of e
 
 
 def modality_label(modalities: Sequence[str]) -> str:
-    return "+".join(m for m in MODALITIES if m in modalities)
+    return "+".join(m for m in ENCODERS if m in modalities)  # in the registry's order
 
 
 def perturbation_label(strength: float, kind: str = "crop") -> str:

@@ -35,7 +35,6 @@ from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.splits import fold_splits
 from dfew_mm.data.store import FeatureStore
-from dfew_mm.models.fit import check_store_fits, reads_waveform
 from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
 from dfew_mm.errors import ConfigError, DfewMMError
@@ -43,6 +42,7 @@ from dfew_mm.files import atomic_write_text
 from dfew_mm.inference import Predictions, predict_logits
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.models import EmotionModel, build_model, load_pretrained
+from dfew_mm.models.encoders import check_store_fits
 from dfew_mm.predictions import modality_label, prediction_frame
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,8 @@ class BalancedSampler(Sampler[int]):
 
 def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist, cache: EmbeddingCache | None):
     mods, seed = list(cfg.model.modalities), cfg.train.seed
-    waveform = reads_waveform(cfg.model)
     train_set = ClipDataset(store, splits.train.ids, splits.train.labels, cfg.data, mods, train=True, seed=seed,
-                            cache=cache, waveform=waveform)
+                            cache=cache, model_cfg=cfg.model)
     if cfg.train.class_balance == "sampler":
         sampler = BalancedSampler(splits.train.labels, d.rank, d.world, seed)
     else:
@@ -87,7 +86,7 @@ def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist, ca
 
     def eval_loader(split) -> DataLoader:  # every rank evaluates a disjoint shard; results are gathered
         full = ClipDataset(store, split.ids, split.labels, cfg.data, mods, train=False, seed=seed, cache=cache,
-                           waveform=waveform)
+                           model_cfg=cfg.model)
         return DataLoader(Subset(full, range(d.rank, len(full), d.world)), batch_size=cfg.train.batch_size,
                           shuffle=False, **common)
 

@@ -9,61 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from dfew_mm.config import AudioEncoderConfig, ModelConfig, VideoEncoderConfig, load_config
+from _tiny_backbones import S, SECONDS, SPEECH, SR, SSL, TRANSFORMERS_A, TRANSFORMERS_V, VISION, audio_cfg, video_cfg
+from dfew_mm.config import ModelConfig, load_config
+from dfew_mm.data.store import CLIP_ARRAYS
 from dfew_mm.errors import AssetError, ConfigError, StoreError
 from dfew_mm.models import build_model
 from dfew_mm.models.backbones import speech_spec, vision_spec
 from dfew_mm.models.backbones.base import is_adapter
-from dfew_mm.models.encoders.audio import AudioEncoder
-from dfew_mm.models.encoders.video import VideoEncoder
-from dfew_mm.models.fit import check_store_fits, store_fit_problems
+from dfew_mm.models.encoders import check_store_fits, store_fit_problems
+from dfew_mm.models.encoders.audio import AudioEncoder, AudioEncoderConfig
+from dfew_mm.models.encoders.video import VideoEncoder, VideoEncoderConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "hub_offline")
-
-S = 32  # px, tiny faces
-SECONDS = 1.6  # audio window of the tiny speech configs
-SR = 16_000
-_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=S, patch_size=8)
-VISION = {  # name -> tiny config of a real family member (architecture shrunk, everything else as published)
-    "resnet18": dict(arch="resnet18"),
-    "timm_vit": dict(arch="timm/test_vit", input_size=S),
-    "timm_efficientnet": dict(arch="timm/test_efficientnet", input_size=S),
-    "clip": dict(arch="hf/openai/clip-vit-base-patch16", arch_kwargs=dict(_VIT, intermediate_size=64), input_size=S),
-    "siglip": dict(arch="hf/google/siglip-base-patch16-224", arch_kwargs=dict(_VIT, intermediate_size=64),
-                   input_size=S),
-    "dinov2": dict(arch="hf/facebook/dinov2-base", arch_kwargs=_VIT, input_size=S),
-}
-_SSL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[32, 32],
-            conv_kernel=[20, 20], conv_stride=[16, 20], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-SPEECH = {
-    "ast": dict(arch="ast", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
-    "wavlm": dict(arch="hf/microsoft/wavlm-base-plus", arch_kwargs=dict(_SSL, num_buckets=16, max_bucket_distance=32)),
-    "hubert": dict(arch="hf/facebook/hubert-base-ls960", arch_kwargs=_SSL),
-    "whisper": dict(arch="hf/openai/whisper-base", arch_kwargs=dict(d_model=32, encoder_layers=2,
-                                                                    encoder_attention_heads=2, encoder_ffn_dim=64)),
-}
-TRANSFORMERS_V = ("timm_vit", "clip", "siglip", "dinov2")
-TRANSFORMERS_A = ("ast", "wavlm", "hubert", "whisper")
-
-
-@pytest.fixture(scope="module")
-def hub_offline():
-    """No test may reach the network: the Hugging Face hub behaves as on an offline machine."""
-    import huggingface_hub.constants
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
-
-
-def video_cfg(name: str, **over) -> VideoEncoderConfig:
-    return dataclasses.replace(VideoEncoderConfig(pretrained=False), **{**VISION[name], **over})
-
-
-def audio_cfg(name: str, **over) -> AudioEncoderConfig:
-    return dataclasses.replace(AudioEncoderConfig(pretrained=False, max_length=round(SECONDS * 100)),
-                               **{**SPEECH[name], **over})
 
 
 def faces(b: int = 2, t: int = 3, size: int = S, seed: int = 0) -> torch.Tensor:
@@ -291,7 +248,7 @@ def test_hf_vision_builds_from_a_local_folder_and_loads_its_tower_strictly(tmp_p
 def test_speech_encoders_load_local_folders_strictly(tmp_path):
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor, WhisperConfig, WhisperModel
 
-    hubert = HubertModel(HubertConfig(**_SSL))
+    hubert = HubertModel(HubertConfig(**SSL))
     hubert.save_pretrained(tmp_path / "hubert")
     Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(tmp_path / "hubert")
     enc = AudioEncoder(AudioEncoderConfig(arch=f"hf/{tmp_path / 'hubert'}", max_length=160))
@@ -362,13 +319,20 @@ def test_unknown_hf_model_offline_says_how_to_get_it():
     ("model.video.freeze=partial", ["none, all, last_blocks, lora"]),
 ])
 def test_unknown_names_list_the_families_and_examples(override, expected, capsys):
-    """Checked where the model is built (and by the command line right after loading the config)."""
+    """Checked when a config is loaded (each modality checks its section), where a model is built from a
+    config made in code, and by the command line before any data is touched."""
     from dfew_mm.cli import main
     from dfew_mm.models import build_model
 
-    cfg = load_config("tiny", [override])  # the config layer knows names, not families
     with pytest.raises(ConfigError) as err:
-        build_model(cfg.model)
+        load_config("tiny", [override])
+    key, value = override.split("=")
+    section, name = key.split(".")[1:]
+    model = load_config("tiny").model
+    bad = dataclasses.replace(model, **{section: dataclasses.replace(getattr(model, section), **{name: value})})
+    with pytest.raises(ConfigError) as built:
+        build_model(bad)
+    assert str(built.value) == str(err.value)
     assert main(["train", "--config", "tiny", "--store", "/nonexistent", override]) == 2
     assert str(err.value) in capsys.readouterr().err  # before the missing store is noticed
     for text in expected:
@@ -510,7 +474,7 @@ def test_store_fit_check_names_what_to_reextract():
     def model(video: str = "resnet18", audio: str = "ast", **video_over) -> ModelConfig:
         return ModelConfig(video=VideoEncoderConfig(arch=video, **video_over), audio=AudioEncoderConfig(arch=audio))
 
-    stored = ["faces", "audio"]
+    stored = list(CLIP_ARRAYS)  # a store of format 1 (no waveform), extracted without --blendshapes
     check_store_fits(model(), 112, stored)  # ResNet at the stored size, AST on the filterbank
     with pytest.raises(StoreError) as err:
         check_store_fits(model("hf/openai/clip-vit-base-patch16", "hf/microsoft/wavlm-base-plus"), 112, stored)
@@ -525,3 +489,5 @@ def test_store_fit_check_names_what_to_reextract():
     assert not store_fit_problems(model("hf/facebook/dinov2-base"), 192, stored)  # 256 / 192 = 1.33x
     assert not store_fit_problems(dataclasses.replace(model("hf/openai/clip-vit-base-patch16"), modalities=["pose"]),
                                   112, stored)
+    shapes = store_fit_problems(dataclasses.replace(model(), modalities=["pose", "blendshapes"]), 112, stored)
+    assert len(shapes) == 1 and "'blendshapes' array" in shapes[0] and "--blendshapes" in shapes[0]

@@ -69,7 +69,7 @@ def test_darkening_changes_face_frames_only(trained_run):
     cfg = load_checkpoint(trained_run["run"] / "best.pt")[1].data
     kwargs = dict(modalities=["video", "pose", "audio"], train=False)
     plain = ClipDataset(store, ids, [0] * len(ids), cfg, **kwargs)
-    dark = ClipDataset(store, ids, [0] * len(ids), cfg, face_transform=Darken(0.8), **kwargs)
+    dark = ClipDataset(store, ids, [0] * len(ids), cfg, transforms={"faces": Darken(0.8)}, **kwargs)
     for i in range(len(ids)):
         a, b = plain[i], dark[i]
         assert not np.array_equal(a["video"].numpy(), b["video"].numpy())

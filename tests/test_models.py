@@ -13,9 +13,9 @@ from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.errors import AssetError, ConfigError
 from dfew_mm.models import build_model, load_pretrained, resolve_modalities
 from dfew_mm.models.backbones.ast import ast_config, fit_position_embeddings
-from dfew_mm.models.encoders.audio import AudioEncoder, load_audio_weights
+from dfew_mm.models.encoders.audio import AudioEncoder
 from dfew_mm.models.encoders.pose import PoseEncoder, normalise_pose
-from dfew_mm.models.encoders.video import VideoEncoder, load_video_weights
+from dfew_mm.models.encoders.video import VideoEncoder
 from dfew_mm.models.fusion import time_embedding
 
 B, T, S, F = 3, 4, 32, 150
@@ -175,14 +175,14 @@ def test_audio_weights_load_from_a_local_checkpoint(tmp_path):
     source = ASTModel.from_pretrained(tmp_path / "ast")
     cfg.pretrained, cfg.checkpoint = True, str(tmp_path / "ast")
     enc = AudioEncoder(cfg)
-    load_audio_weights(enc, cfg)
+    enc.load_pretrained(cfg)
     loaded, expected = enc.backbone.model.state_dict(), source.state_dict()
     pos = "embeddings.position_embeddings"
     assert all(torch.equal(loaded[k], expected[k]) for k in expected if k != pos)
     assert loaded[pos].shape[1] == 2 + 12 * enc.backbone.n_time < expected[pos].shape[1]
     cfg.hidden_size = 32  # architecture that does not fit the checkpoint
     with pytest.raises(AssetError, match="does not fit"):
-        load_audio_weights(AudioEncoder(cfg), cfg)
+        AudioEncoder(cfg).load_pretrained(cfg)
 
 
 def test_audio_download_failure_says_how_to_work_offline(monkeypatch):
@@ -190,7 +190,7 @@ def test_audio_download_failure_says_how_to_work_offline(monkeypatch):
     cfg = small_model_config().audio
     cfg.pretrained, cfg.checkpoint = True, "no-such-org/no-such-ast-model"
     with pytest.raises(AssetError, match="pretrained=false"):
-        load_audio_weights(AudioEncoder(cfg), cfg)
+        AudioEncoder(cfg).load_pretrained(cfg)
 
 
 def test_face_checkpoint_loads_strictly(tmp_path):
@@ -199,15 +199,15 @@ def test_face_checkpoint_loads_strictly(tmp_path):
     torch.save({"state_dict": state}, tmp_path / "face_r18.pth")
     cfg = small_model_config(**{"model.video.checkpoint": str(tmp_path / "face_r18.pth")}).video
     enc = VideoEncoder(cfg)
-    load_video_weights(enc, cfg)
+    enc.load_pretrained(cfg)
     assert torch.equal(enc.backbone.conv1.weight, source.conv1.weight)
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
     cfg.checkpoint = str(tmp_path / "r34.pth")
     with pytest.raises(AssetError, match="does not fit a torchvision resnet18"):
-        load_video_weights(VideoEncoder(cfg), cfg)
+        VideoEncoder(cfg).load_pretrained(cfg)
     cfg.checkpoint = str(tmp_path / "absent.pth")
     with pytest.raises(AssetError, match="does not exist"):
-        load_video_weights(VideoEncoder(cfg), cfg)
+        VideoEncoder(cfg).load_pretrained(cfg)
 
 
 # -- fusion and the assembled model -----------------------------------------------------------------

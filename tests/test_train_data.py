@@ -9,7 +9,8 @@ import torch
 from _train_stores import make_store
 from dfew_mm.config import load_config
 from dfew_mm.batch import collate
-from dfew_mm.data.dataset import ClipDataset, crop_audio, frame_indices
+from dfew_mm.data.dataset import ClipDataset, frame_indices
+from dfew_mm.models.encoders.audio import crop_audio
 from dfew_mm.data.splits import fold_splits, stratified_val_split
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import StoreError
@@ -62,12 +63,12 @@ def test_training_samples_are_random_but_reproducible(small_store):
     assert len(times) > 1
 
 
-def test_face_transform_is_applied(small_store):
+def test_array_transform_is_applied(small_store):
     dfew, path = small_store
     dark = lambda faces, rng: (faces // 4).astype(np.uint8)  # noqa: E731
     store, cfg = FeatureStore(path), data_config(dfew, path)
     plain = ClipDataset(store, ["8"], [0], cfg, ["video"], train=False)[0]["video"]
-    darker = ClipDataset(store, ["8"], [0], cfg, ["video"], train=False, face_transform=dark)[0]["video"]
+    darker = ClipDataset(store, ["8"], [0], cfg, ["video"], train=False, transforms={"faces": dark})[0]["video"]
     assert torch.equal(darker, plain // 4)
 
 

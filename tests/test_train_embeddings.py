@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from _tiny_backbones import audio_cfg, video_cfg
 from _train_stores import SMALL, make_store
 from dfew_mm.cli import main as cli_main
 from dfew_mm.config import load_config
@@ -70,3 +73,33 @@ def test_sweep_trains_every_subset_into_one_table(cached_store, tmp_path):
     rows = (out / "sweep_summary.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["video", "audio", "video+audio"]
     assert (out / "video+audio" / "fold_1" / "test_metrics.json").is_file()
+
+
+@pytest.mark.usefixtures("hub_offline")
+@pytest.mark.parametrize("video,audio", [("clip", "wavlm"), ("siglip", "whisper")])
+def test_strong_frozen_embeds_and_trains_from_the_cache_with_the_live_logits(video, audio, tmp_path):
+    """configs/strong_frozen.yaml with tiny random-weight transformer and waveform encoders of its families."""
+    dfew, store = make_store(tmp_path, clips=25, frames=6, face=32, audio=110)  # clips hold the waveform
+    cfg = load_config("strong_frozen", [*SMALL, f"data.store={store}", f"data.dfew_root={dfew}", "train.epochs=1",
+                                        "data.num_workers=0", "model.modalities=[video,pose,audio]", f"train.out_dir={tmp_path / 'run'}"])
+    model_cfg = dataclasses.replace(cfg.model, video=video_cfg(video, freeze="all"),
+                                    audio=audio_cfg(audio, freeze="all", max_length=112))
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    cache = build_cache(cfg, tmp_path / "cache", batch_size=8, progress=False)
+    assert EmbeddingCache(cache).modalities == ["video", "audio"]
+    run = train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, embedding_cache=str(cache))))
+    model, _, _ = load_checkpoint(run / "best.pt")
+    feature_store = FeatureStore(store)
+    test = fold_splits(feature_store, cfg.data, cfg.train.seed).test
+    mods = list(cfg.model.modalities)
+    raw = collate([ClipDataset(feature_store, test.ids, test.labels, cfg.data, mods, train=False,
+                               model_cfg=model_cfg)[i] for i in range(3)])
+    cached = collate([ClipDataset(feature_store, test.ids, test.labels, cfg.data, mods, train=False,
+                                  cache=EmbeddingCache(cache), model_cfg=model_cfg)[i] for i in range(3)])
+    assert "waveform" in raw and "waveform" not in cached  # the cache replaces the waveform reader
+    with torch.no_grad():
+        for m in ("video", "audio"):
+            live, from_cache = model.encoders[m].tokens(raw), model.encoders[m].tokens(cached)
+            assert torch.allclose(live[0], from_cache[0], atol=2e-2, rtol=2e-3)  # float16 storage
+            assert torch.equal(live[1], from_cache[1]) and torch.allclose(live[2], from_cache[2])
+        assert torch.allclose(model(raw), model(cached), atol=2e-2)

@@ -14,9 +14,10 @@ from _train_stores import SMALL, make_store
 from dfew_mm.cli import main
 from dfew_mm.config import load_config
 from dfew_mm.constants import HOP_SAMPLES, WAVEFORM_ARRAY
-from dfew_mm.data.dataset import ClipDataset, crop_waveform
+from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.store import SETTINGS_FILE, STORE_FORMAT, FeatureStore
-from dfew_mm.models.fit import reads_waveform, store_fit_problems
+from dfew_mm.models.encoders import store_fit_problems
+from dfew_mm.models.encoders.audio import crop_waveform, reads_waveform
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,8 +70,8 @@ def test_extraction_stores_the_waveform_and_old_stores_get_it_added(store_of_two
     # a waveform encoder reads it, aligned with the filterbank crop
     cfg = load_config("tiny", [*WAVLM_TINY, "data.frames=4", "data.face_size=112", "data.audio_frames=100",
                                "model.audio.max_length=100"])
-    assert reads_waveform(cfg.model) and not store_fit_problems(cfg.model, 112, store.array_shapes(CLIPS[0]))
-    sample = ClipDataset(store, [CLIPS[1]], [0], cfg.data, ["audio"], train=True, waveform=True)[0]
+    assert reads_waveform(cfg.model.audio) and not store_fit_problems(cfg.model, 112, store.array_shapes(CLIPS[0]))
+    sample = ClipDataset(store, [CLIPS[1]], [0], cfg.data, ["audio"], train=True, model_cfg=cfg.model)[0]
     start = round(sample["audio_start"] * 100)
     expected = store[CLIPS[1]][WAVEFORM_ARRAY][start * HOP_SAMPLES:(start + 100) * HOP_SAMPLES] / 32768
     assert sample["waveform"].shape == (100 * HOP_SAMPLES,)

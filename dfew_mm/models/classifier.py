@@ -8,10 +8,8 @@ import torch
 from torch import nn
 
 from dfew_mm.batch import Batch
-from dfew_mm.config import ModelConfig
 from dfew_mm.errors import ConfigError
-from dfew_mm.models.backbones import check_encoder_config
-from dfew_mm.models.encoders import ENCODERS, build_encoder, resolve_modalities
+from dfew_mm.models.encoders import ENCODERS, resolve_modalities
 from dfew_mm.models.fusion import (FUSION_MODES, MEMBER_WEIGHTS, TemporalFusion, UnimodalHead, build_head,
                                    mix_probabilities)
 
@@ -47,7 +45,7 @@ class EmotionModel(nn.Module):
     training clips is confidently wrong on new ones, and its logits would swamp an average.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):  # the `model` config section (dfew_mm.config.ModelConfig)
         super().__init__()
         self.cfg = cfg
         self.mode = cfg.fusion.mode
@@ -57,7 +55,7 @@ class EmotionModel(nn.Module):
             raise ConfigError(f"model.fusion.member_weights={cfg.fusion.member_weights!r} is not one of "
                               f"{', '.join(MEMBER_WEIGHTS)}")
         self.modalities = resolve_modalities(list(cfg.modalities))
-        self.encoders = nn.ModuleDict({m: build_encoder(m, cfg) for m in self.modalities})
+        self.encoders = nn.ModuleDict({m: ENCODERS[m](getattr(cfg, m)) for m in self.modalities})
         self.project = nn.ModuleDict({m: nn.Linear(self.encoders[m].output_dim, cfg.fusion.dim)
                                       for m in self.modalities})
         if self.mode != "late":
@@ -71,14 +69,6 @@ class EmotionModel(nn.Module):
         if self.mixed:
             self.register_buffer("member_weights", torch.ones(len(self.mixed)))
         self.modality_dropout = 0.0
-
-    def _tokens(self, name: str, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoder features (B, T_m, D), mask (B, T_m), timestamps (B, T_m) seconds of one modality."""
-        if name == "audio":  # the filterbank or the waveform, as the backbone reads; or cached outputs
-            return self.encoders["audio"].tokens(batch)
-        if name == "video" and "video_emb" in batch:  # frozen ResNet outputs from the embedding cache
-            return batch["video_emb"], batch["video_mask"], batch["frame_time"]
-        return self.encoders[name](batch[name]), batch[f"{name}_mask"], batch["frame_time"]
 
     def _drop_mask(self, b: int, device: torch.device) -> torch.Tensor:
         """(B, M) bool: modality kept for that clip; at least one per clip."""
@@ -105,7 +95,7 @@ class EmotionModel(nn.Module):
         for i, name in enumerate(self.modalities):
             if name not in active:
                 continue
-            features, mask, t = self._tokens(name, batch)
+            features, mask, t = self.encoders[name].tokens(batch)  # (B, T_m, D), (B, T_m) x2
             x = self.project[name](features)  # (B, T_m, dim)
             if self.has_unimodal_heads:
                 # the unimodal head sees every valid token of its modality, dropped for fusion or not,
@@ -140,25 +130,24 @@ class EmotionModel(nn.Module):
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """Parameters of encoders that start from pretrained weights (trained at a lower rate)."""
-        return [p for m in self.modalities if getattr(self.encoders[m], "pretrained", False)
+        return [p for m in self.modalities if self.encoders[m].pretrained
                 for p in self.encoders[m].parameters() if p.requires_grad]
 
 
-def build_model(cfg: ModelConfig) -> EmotionModel:
-    """Build with random weights; no download happens here (see load_pretrained). Backbone names and
-    tuning choices are checked first (ConfigError listing the families)."""
-    check_encoder_config(cfg)
+def build_model(cfg) -> EmotionModel:
+    """Build with random weights from the `model` config section; no download happens here (see
+    load_pretrained). Each encoder's settings are checked first (ConfigError listing the choices)."""
+    for name in resolve_modalities(list(cfg.modalities)):
+        ENCODERS[name].check_config(getattr(cfg, name))
     return EmotionModel(cfg)
 
 
-def load_pretrained(model: EmotionModel, cfg: ModelConfig | None = None) -> EmotionModel:
+def load_pretrained(model: EmotionModel, cfg=None) -> EmotionModel:
     """Load the pretrained weights the config asks for (ImageNet, face checkpoint, AudioSet).
 
     Raises AssetError with offline instructions when weights cannot be fetched or do not fit.
     """
     cfg = cfg or model.cfg
     for name in model.modalities:
-        loader = ENCODERS[name][1]
-        if loader is not None:
-            loader(model.encoders[name], cfg)
+        model.encoders[name].load_pretrained(getattr(cfg, name))
     return model

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfew_mm.config import FusionConfig
 from dfew_mm.constants import NUM_CLASSES
+
+
+@dataclass
+class FusionConfig:
+    """The `model.fusion` section."""
+
+    dim: int = 256
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    head: str = "linear"  # linear | arcface
+    # Which heads predict (dfew_mm/models/classifier.py): transformer = the temporal transformer's CLS
+    # head; late = one head per modality (its tokens pooled over time -> linear); both = all of them.
+    # Several heads are mixed as probabilities with weights from their validation UAR (validation)
+    # or equal weights (equal).
+    mode: str = "late"  # transformer | late | both
+    member_weights: str = "validation"  # validation | equal
+    arcface_margin: float = 0.2
+    arcface_scale: float = 30.0
+
 
 TIME_UNIT_S = 0.01  # timestamps are embedded in 10 ms steps, so 10 ms apart is resolvable
 FUSION_MODES = ("transformer", "late", "both")

@@ -32,11 +32,12 @@ SPEECH_BACKBONES: dict[str, type[SpeechBackbone]] = {
     cls.family: cls for cls in (ASTBackbone, Wav2Vec2Backbone, WhisperEncoderBackbone)}
 
 __all__ = ["FREEZE_POLICIES", "SPEECH_BACKBONES", "VISION_BACKBONES", "Backbone", "SpeechSpec", "VisionSpec",
-           "build_speech_backbone", "build_vision_backbone", "check_encoder_config", "speech_family", "speech_spec",
+           "build_speech_backbone", "build_vision_backbone", "speech_family", "speech_spec", "unknown_arch",
            "vision_family", "vision_spec"]
 
 
-def _unknown(key: str, arch: str, families: Iterable[type[Backbone]]) -> ConfigError:
+def unknown_arch(key: str, arch: str, families: Iterable[type[Backbone]]) -> ConfigError:
+    """The error for an arch no family serves, listing the families with examples."""
     described = dict.fromkeys(f"{cls.describe}, e.g. {', '.join(cls.examples)}" for cls in families)
     return ConfigError(f"{key}.arch={arch!r} is not a known backbone. Families: " + "; ".join(described))
 
@@ -45,14 +46,14 @@ def vision_family(arch: str) -> type[VisionBackbone]:
     for cls in VISION_BACKBONES.values():
         if cls.matches(arch):
             return cls
-    raise _unknown("model.video", arch, VISION_BACKBONES.values())
+    raise unknown_arch("model.video", arch, VISION_BACKBONES.values())
 
 
 def speech_family(cfg) -> type[SpeechBackbone]:
     """The speech family of `cfg.arch`; `hf/...` names are told apart by their config's model_type."""
     found = [cls for cls in SPEECH_BACKBONES.values() if cls.matches(cfg.arch)]
     if not found:
-        raise _unknown("model.audio", cfg.arch, SPEECH_BACKBONES.values())
+        raise unknown_arch("model.audio", cfg.arch, SPEECH_BACKBONES.values())
     if len(found) == 1:
         return found[0]
     table = {name: entry for cls in found for name, entry in cls.published.items()}
@@ -86,19 +87,3 @@ def vision_spec(cfg) -> VisionSpec:
 
 def speech_spec(cfg) -> SpeechSpec:
     return speech_family(cfg).spec_for(cfg)
-
-
-def check_encoder_config(model_cfg) -> None:
-    """Checks of `model.video` / `model.audio` that need no files: arch syntax, tuning choices."""
-    vision_family(model_cfg.video.arch)
-    if not any(cls.matches(model_cfg.audio.arch) for cls in SPEECH_BACKBONES.values()):
-        raise _unknown("model.audio", model_cfg.audio.arch, SPEECH_BACKBONES.values())
-    for key, enc in (("model.video", model_cfg.video), ("model.audio", model_cfg.audio)):
-        if enc.freeze not in FREEZE_POLICIES:
-            raise ConfigError(f"{key}.freeze={enc.freeze!r} is not one of {', '.join(FREEZE_POLICIES)}")
-        if enc.trainable_blocks < 1:
-            raise ConfigError(f"{key}.trainable_blocks={enc.trainable_blocks} must be at least 1")
-        if enc.lora_rank < 1:
-            raise ConfigError(f"{key}.lora_rank={enc.lora_rank} must be at least 1")
-        if not 0.0 <= enc.lora_dropout < 1.0:
-            raise ConfigError(f"{key}.lora_dropout={enc.lora_dropout} must be in [0, 1)")

@@ -1,32 +1,47 @@
-"""Per-modality encoders and the registry that resolves `--modalities` names."""
+"""The modality registry: every modality's encoder class, in canonical order (base.py has the protocol).
+
+Adding a modality is one file in this folder (an `Encoder` subclass with its config, store arrays,
+sample cutting and tokens) plus its line in ENCODERS; configs, the dataset, the embedding cache,
+evaluation and the CLI read everything else from the class.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Collection, Iterator, Sequence
 
-from torch import nn
-
-from dfew_mm.config import ModelConfig
-from dfew_mm.errors import ConfigError
-from dfew_mm.models.encoders.audio import build_audio_encoder, load_audio_weights
+from dfew_mm.errors import ConfigError, StoreError
+from dfew_mm.models.encoders.audio import AudioEncoder
+from dfew_mm.models.encoders.base import Encoder
 from dfew_mm.models.encoders.blendshapes import BlendshapeEncoder
-from dfew_mm.models.encoders.pose import build_pose_encoder
-from dfew_mm.models.encoders.video import build_video_encoder, load_video_weights
+from dfew_mm.models.encoders.pose import PoseEncoder
+from dfew_mm.models.encoders.video import VideoEncoder
 
-Builder = Callable[[ModelConfig], nn.Module]
-WeightLoader = Callable[[nn.Module, ModelConfig], None]
+ENCODERS: dict[str, type[Encoder]] = {cls.name: cls for cls in (VideoEncoder, PoseEncoder, AudioEncoder,
+                                                                 BlendshapeEncoder)}
 
-# name -> (build from the model config, load pretrained weights into the built encoder)
-ENCODERS: dict[str, tuple[Builder, WeightLoader | None]] = {
-    "video": (lambda cfg: build_video_encoder(cfg.video), lambda enc, cfg: load_video_weights(enc, cfg.video)),
-    "pose": (lambda cfg: build_pose_encoder(cfg.pose), None),
-    "audio": (lambda cfg: build_audio_encoder(cfg.audio), lambda enc, cfg: load_audio_weights(enc, cfg.audio)),
-    "blendshapes": (lambda cfg: BlendshapeEncoder(cfg.blendshapes), None),
-}
+
+@contextmanager
+def registered(*classes: type[Encoder]) -> Iterator[None]:
+    """Add modalities (after the built-in ones) for the duration of a `with` block."""
+    taken = [cls.name for cls in classes if cls.name in ENCODERS]
+    if taken:
+        raise ValueError(f"modalities {taken} are registered already")
+    ENCODERS.update({cls.name: cls for cls in classes})
+    try:
+        yield
+    finally:
+        for cls in classes:
+            del ENCODERS[cls.name]
+
+
+def default_modalities() -> list[str]:
+    """What `model.modalities` holds unless a config says otherwise (what a default extraction serves)."""
+    return [name for name, cls in ENCODERS.items() if cls.default]
 
 
 def resolve_modalities(names: Sequence[str] | str) -> list[str]:
-    """'video,pose' or ['video', 'pose'] -> checked list in a canonical order."""
+    """'video,pose' or ['video', 'pose'] -> checked list in the canonical order."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
@@ -37,5 +52,14 @@ def resolve_modalities(names: Sequence[str] | str) -> list[str]:
     return [n for n in ENCODERS if n in names]
 
 
-def build_encoder(name: str, cfg: ModelConfig) -> nn.Module:
-    return ENCODERS[resolve_modalities([name])[0]][0](cfg)
+def store_fit_problems(model_cfg, face_size: int, arrays: Collection[str]) -> list[str]:
+    """What a store (faces of `face_size` px, per-clip `arrays`) lacks for the modalities of `model_cfg`."""
+    return [problem for name in resolve_modalities(list(model_cfg.modalities))
+            for problem in ENCODERS[name].store_problems(getattr(model_cfg, name), face_size, arrays)]
+
+
+def check_store_fits(model_cfg, face_size: int, arrays: Collection[str]) -> None:
+    """Raise StoreError listing every mismatch between the configured encoders and the store, before training."""
+    problems = store_fit_problems(model_cfg, face_size, arrays)
+    if problems:
+        raise StoreError("the feature store does not fit the model:\n  - " + "\n  - ".join(problems))

@@ -1,32 +1,62 @@
-"""Face blendshape encoder: an MLP over the 52 FaceLandmarker expression scores of each frame.
+"""Face blendshapes: an MLP over the 52 FaceLandmarker expression scores of each frame.
 
-The scores (0..1, e.g. mouthSmileLeft, browDownRight) are an expression signal the landmarker
-learned from real faces; they need no normalisation beyond a LayerNorm.
+Store: `blendshapes` (T, 52) float32, written by extraction with `--blendshapes`. The scores
+(0..1, e.g. mouthSmileLeft, browDownRight) are an expression signal the landmarker learned from
+real faces; they need no normalisation beyond a LayerNorm.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
 import torch
-from torch import nn
 
-from dfew_mm.config import BlendshapeEncoderConfig
 from dfew_mm.constants import N_BLENDSHAPES
+from dfew_mm.models.encoders.base import MLP_RANGES, Encoder, Frames, Tokens, per_frame_mlp
 
 
-class BlendshapeEncoder(nn.Module):
-    """(B, T, 52) scores -> (B, T, D) per-frame features."""
+@dataclass
+class BlendshapeEncoderConfig:
+    hidden: int = 128
+    layers: int = 2
+    dropout: float = 0.1
 
-    pretrained = False
+
+class BlendshapeEncoder(Encoder):
+    """Sample: blendshapes (T, 52) float32 scores, blendshapes_mask (T,) bool, valid where a face was found and
+    the landmarker scored it (the store holds zeros elsewhere). Tokens: (B, T, D) per frame."""
+
+    name = "blendshapes"
+    Config = BlendshapeEncoderConfig
+    default = False  # a default extraction does not write the array
+    extract_option = "blendshapes"
+    ranges = MLP_RANGES
+
+    @classmethod
+    def store_arrays(cls, cfg: BlendshapeEncoderConfig) -> tuple[str, ...]:
+        return ("blendshapes", "face_mask")
+
+    @classmethod
+    def cut(cls, cfg: BlendshapeEncoderConfig, arrays: Mapping[str, np.ndarray],
+            frames: Frames) -> dict[str, torch.Tensor]:
+        if not frames.stored:
+            return cls.absent(cfg, frames)
+        scores = np.asarray(arrays["blendshapes"][frames.index], dtype=np.float32)  # (T, 52)
+        valid = frames.mask(arrays["face_mask"]) & torch.from_numpy(scores.any(-1))  # (T,)
+        return {"blendshapes": torch.from_numpy(scores), "blendshapes_mask": valid}
+
+    @classmethod
+    def absent(cls, cfg: BlendshapeEncoderConfig, frames: Frames) -> dict[str, torch.Tensor]:
+        return {"blendshapes": torch.zeros(frames.data.frames, N_BLENDSHAPES), "blendshapes_mask": frames.none()}
 
     def __init__(self, cfg: BlendshapeEncoderConfig):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = N_BLENDSHAPES
-        for _ in range(cfg.layers):
-            layers += [nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
-            width = cfg.hidden
-        self.mlp = nn.Sequential(nn.LayerNorm(N_BLENDSHAPES), *layers)
-        self.output_dim = width
+        super().__init__(cfg)
+        self.mlp, self.output_dim = per_frame_mlp(N_BLENDSHAPES, cfg)
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        return self.mlp(scores.float())  # (B, T, D)
+        return self.mlp(scores.float())  # (B, T, 52) -> (B, T, D)
+
+    def encode(self, batch) -> Tokens:
+        return self(batch["blendshapes"]), batch["blendshapes_mask"], batch["frame_time"]
