@@ -1,7 +1,7 @@
 """Training throughput (clips/s): end to end (store -> DataLoader -> step) versus compute only.
 
     python benchmarks/train_bench.py                  # configs/tiny.yaml on CPU
-    python benchmarks/train_bench.py --configs tiny,strong --steps 2 --rounds 1   # strong encoders on CPU
+    python benchmarks/train_bench.py --configs strong --steps 1 --rounds 1 --clips 4 train.batch_size=2   # on CPU
     python benchmarks/train_bench.py --cuda           # + default.yaml and strong.yaml variants on the GPU
     python benchmarks/train_bench.py model.fusion.mode=transformer train.aux_weight=0   # another recipe
 
