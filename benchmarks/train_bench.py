@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from dfew_mm.balance import Balancer
 from dfew_mm.config import load_config
@@ -72,7 +72,10 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
     balance = Balancer(model, cfg.train)
     labels = np.arange(len(ids)) % 7
     dataset = ClipDataset(store, ids, labels, cfg.data, cfg.model.modalities, train=True, model_cfg=cfg.model)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
+    # One endless epoch: a small random store would otherwise end an epoch every few batches, and each
+    # new epoch waits for its first batches (a DFEW fold's epoch is ~290 batches, where that wait is noise).
+    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=workers > 0)
     batches = forever(loader)
