@@ -39,12 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader_bench import write_random_store  # noqa: E402
 
 
-def forever(loader: DataLoader):
-    """Batches without end, each one really loaded (itertools.cycle would replay cached batches)."""
-    while True:
-        yield from loader
-
-
 def step(model, balance: Balancer, opt, batch, amp: bool) -> None:
     """One training step as train.py takes it: the config's loss (fused + unimodal heads), OGM-GE."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -76,9 +70,8 @@ def measure(cfg, store: FeatureStore, ids: list[str], device: torch.device, amp:
     # new epoch waits for its first batches (a DFEW fold's epoch is ~290 batches, where that wait is noise).
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**9)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=workers > 0)
-    batches = forever(loader)
+                        collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True)
+    batches = iter(loader)  # one endless epoch (the sampler's)
     fixed = batch_to(next(batches), device)
     for _ in range(3):  # warm-up: kernels, compile, allocator
         step(net, balance, opt, fixed, amp)

@@ -147,9 +147,12 @@ def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[lis
     problems: list[str] = []
     flags: dict[str, str] = {}
     wanted = list(dict.fromkeys(a for m in modalities for a in ENCODERS[m].store_arrays(getattr(cfg.model, m))))
-    # extraction switches that write a modality's arrays (e.g. blendshapes): array name -> switch
+    # extraction switches that write a modality's own arrays (e.g. blendshapes): array name -> switch; arrays
+    # that default modalities read too (face_mask) come with every extraction
+    always = {a for name, cls in ENCODERS.items() if not cls.extract_option
+              for a in cls.store_arrays(getattr(cfg.model, name))}
     switch_of = {a: cls.extract_option for name, cls in ENCODERS.items() if cls.extract_option
-                 for a in cls.store_arrays(getattr(cfg.model, name))}
+                 for a in cls.store_arrays(getattr(cfg.model, name)) if a not in always}
     reference = None
     trained_on = Path(cfg.data.store) if cfg.data.store else None
     if trained_on is not None and trained_on.is_dir() and trained_on.resolve() != store.path.resolve():

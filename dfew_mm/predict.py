@@ -43,7 +43,7 @@ def extraction_options(cfg):
     """
     from dataclasses import fields
 
-    from dfew_mm.extract.run import SETTINGS_FILE
+    from dfew_mm.data.store import SETTINGS_FILE
     from dfew_mm.extract.options import ExtractOptions
     from dfew_mm.models.encoders import ENCODERS
 

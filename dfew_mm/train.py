@@ -185,7 +185,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is None:  # before the first epoch: faces large enough, the waveform there if read
         check_store_fits(cfg.model, cfg.data.face_size, store.array_shapes(splits.train.ids[0]))
-    if cache is not None:
+    else:
         cache.check(cfg)
         cache.verify([*splits.train.ids, *splits.val.ids, *splits.test.ids])
     train_set, train_loader, val_loader, test_loader = make_loaders(cfg, store, splits, d, cache)

@@ -20,13 +20,13 @@ from PIL import Image
 
 from dfew_mm.cli import main
 from dfew_mm.constants import N_MELS
-from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
+from dfew_mm.data.store import MANIFEST_COLUMNS, SETTINGS_FILE, FeatureStore
 from dfew_mm.errors import AssetError
 from dfew_mm.extract import assets
 from dfew_mm.extract.audio import log_mel_fbank
 from dfew_mm.extract.decode import decode_clip, sample_indices
 from dfew_mm.extract.face import fill_and_smooth, select_main_face, track_faces
-from dfew_mm.extract.run import SETTINGS_FILE, in_shard, list_clips, select_clips
+from dfew_mm.extract.run import in_shard, list_clips, select_clips
 from dfew_mm.extract.worker import ExtractOptions
 
 DFEW_SAMPLES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")

@@ -29,7 +29,7 @@ import pandas as pd
 
 from dfew_mm.data.dfew import is_clip_number
 from dfew_mm.errors import StoreError, WriteError
-from dfew_mm.files import atomic_write_bytes  # noqa: F401  (also imported from here)
+from dfew_mm.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,11 @@ class FeatureStore:
         if not isinstance(settings, dict):
             raise StoreError(f"{self.settings_path} is not a JSON object of extraction settings")
         return settings
+
+    def write_settings(self, settings: Mapping[str, Any]) -> None:
+        """Save the extraction settings with the store (atomically: a failed write keeps the previous file)."""
+        payload = json.dumps(dict(settings), indent=2).encode()
+        atomic_write_bytes(self.settings_path, lambda f: f.write(payload))
 
     def scene_darken(self) -> float:
         """The scene-level darkening strength the store was extracted with (`--darken`; 0: none)."""

@@ -8,7 +8,6 @@ settings file. Clips that already have the array are skipped, so an interrupted 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from dfew_mm.data.store import READ_ERRORS, STORE_FORMAT, FeatureStore
 from dfew_mm.errors import StoreError
 from dfew_mm.extract.audio import waveform_int16
 from dfew_mm.extract.decode import decode_audio
-from dfew_mm.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +67,6 @@ def add_waveform(clips: Mapping[str, Path], store_path: str | Path, progress: bo
         size = store.write_clip(clip_id, arrays)
         store.write_record({**record, "npz_bytes": size})
         summary.added += 1
-    payload = json.dumps({**settings, "store_format": STORE_FORMAT}, indent=2).encode()
-    atomic_write_bytes(store.settings_path, lambda f: f.write(payload))
+    store.write_settings({**settings, "store_format": STORE_FORMAT})
     store.rebuild_manifest()
     return summary

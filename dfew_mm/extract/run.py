@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from dfew_mm.data.dfew import (CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, is_clip_number, normalise_clip_id,
                                video_file_problem, warn_skipped)
-from dfew_mm.data.store import SETTINGS_FILE, STORE_FORMAT, FeatureStore
+from dfew_mm.data.store import STORE_FORMAT, FeatureStore
 from dfew_mm.errors import DatasetError, StoreError, WriteError
-from dfew_mm.files import atomic_write_bytes, remove_stale_temp_files
+from dfew_mm.files import remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
 from dfew_mm.extract.options import ABSENT_SETTINGS, DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
 from dfew_mm.extract.pool import SupervisedPool
@@ -137,7 +137,7 @@ def _in_split(clips: dict[str, Path], selected: list[str], split_ids: Sequence[s
 # -- settings stored with the features -----------------------------------------------------------
 def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool) -> None:
     """Refuse to mix clips extracted with different settings in one store."""
-    path = store.path / SETTINGS_FILE
+    path = store.settings_path
     current = {**options.to_dict(), "store_format": STORE_FORMAT}
     if path.is_file() and not overwrite:
         try:
@@ -158,8 +158,7 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
                 advice = (f"each darkening strength needs its own store: use another --out for --darken "
                           f"{options.darken:g} (or --overwrite to redo all clips)")
             raise StoreError(f"{store.path} was extracted with other settings ({shown}); {advice}")
-    payload = json.dumps(current, indent=2).encode()
-    atomic_write_bytes(path, lambda f: f.write(payload))
+    store.write_settings(current)
 
 
 # -- the run -------------------------------------------------------------------------------------
