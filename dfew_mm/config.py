@@ -49,6 +49,9 @@ class DataConfig:
     num_workers: int = 8  # DataLoader worker processes
     allow_missing: bool = False  # exclude split clips missing from the store instead of failing
     embedding_cache: str = ""  # frozen-backbone embeddings from `dfew_mm embed`
+    # training-time augmentation, each modality's own (model.<name> holds its settings); never in evaluation
+    augment: bool = False
+    hflip: float = 0.5  # chance of mirroring a training clip: faces, pose and blendshapes together
 
 
 def model_config_class() -> type:
@@ -206,6 +209,8 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if not 1 <= cfg.data.fold <= 5:
         raise ConfigError(f"data.fold={cfg.data.fold}: DFEW has folds 1..5")
+    if not 0.0 <= cfg.data.hflip <= 1.0:
+        raise ConfigError(f"data.hflip={cfg.data.hflip} must be between 0 and 1")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be between 0 and 1")
     _check_ranges(cfg)

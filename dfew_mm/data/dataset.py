@@ -20,8 +20,9 @@ from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.store import READ_ERRORS, FeatureStore
 from dfew_mm.errors import StoreError
 from dfew_mm.models.encoders import ENCODERS
-from dfew_mm.models.encoders.base import Frames
+from dfew_mm.models.encoders.base import Augmentation, Frames
 
+AUGMENT_STREAM = 1  # the augmentation generator's stream beside the frame sampler's (seed, epoch, index)
 ArrayTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # a stored array -> same shape
 
 
@@ -42,7 +43,9 @@ class ClipDataset(Dataset):
     `model_cfg` say (e.g. the waveform for a waveform speech encoder; default: the default
     encoders); the other registered modalities come as zeros with all-false masks, so that batches
     always have the same keys. With `train=True` frames and crops are drawn at random from a
-    generator seeded by (seed, epoch, index), so runs and resumed runs see the same samples.
+    generator seeded by (seed, epoch, index), so runs and resumed runs see the same samples; with
+    `train=True` and `data.augment` each read modality's encoder also augments its part (`Encoder.augment`)
+    from draws of its own stream, with one horizontal flip (probability `data.hflip`) for the whole clip.
     `transforms` change stored arrays before sampling, by array name (e.g. {"faces": Darken(0.5)}).
     With an embedding `cache`, the modalities it holds are not read from the store: their cached
     tokens of the same (centre) frames come instead.
@@ -82,6 +85,13 @@ class ClipDataset(Dataset):
         except READ_ERRORS as err:  # damaged since the start-up check: name the clip and the repair
             raise self.store.read_error(clip_id, err) from None
 
+    def augmentation(self, index: int) -> Augmentation | None:
+        """The sample's augmentation draws; None outside training, with `data.augment` off or from a cache."""
+        if not (self.train and self.cfg.augment) or self.cached:
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, index, AUGMENT_STREAM])
+        return Augmentation(flip=bool(rng.random() < self.cfg.hflip), rng=rng)
+
     def __getitem__(self, index: int) -> Sample:
         clip_id, cfg = self.ids[index], self.cfg
         arrays = dict(self.load_arrays(clip_id))
@@ -99,10 +109,14 @@ class ClipDataset(Dataset):
         frame_time = arrays["frame_time"][idx] if t_stored else np.zeros(cfg.frames, np.float32)
         sample = Sample(frame_time=torch.from_numpy(np.asarray(frame_time, dtype=np.float32)),
                         label=int(self.labels[index]), clip_id=clip_id)
+        aug = self.augmentation(index)
         for name, encoder in ENCODERS.items():
             enc_cfg = self.encoder_cfgs[name]
-            sample.update(encoder.cut(enc_cfg, arrays, frames) if name in self.read  # type: ignore[typeddict-item]
-                          else encoder.absent(enc_cfg, frames))
+            if name in self.read:
+                part = encoder.cut(enc_cfg, arrays, frames)
+                sample.update(encoder.augment(enc_cfg, part, aug) if aug is not None else part)  # type: ignore[typeddict-item]
+            else:
+                sample.update(encoder.absent(enc_cfg, frames))  # type: ignore[typeddict-item]
         if self.cached:
             sample.update(self.cache.load(clip_id, self.cached))  # type: ignore[union-attr, typeddict-item]
         return sample

@@ -11,6 +11,9 @@ registry (`__init__.py`). The class says, for its name (`model.modalities`, `--m
               store_problems  what a store lacks for its config, with what to re-extract
     sample    cut             its sample tensors from a clip's stored arrays at the sampled frames
               absent          the same keys as zeros with all-false masks (modality not asked for)
+              augment         training-time augmentation of its cut tensors from the sample's draws
+                              (`Augmentation`: one flip shared by every modality, one generator per
+                              (seed, epoch, clip)); never called in evaluation, predict, embed or weighting
     model     output_dim      feature size of its tokens
               load_pretrained the separate weight-loading step (strict keys, offline advice on failure)
               tokens(batch)   (features (B, L, D), mask (B, L), times (B, L) seconds), read from the
@@ -87,6 +90,19 @@ class Frames:
         return torch.zeros(self.data.frames, dtype=torch.bool)  # (T,) all false
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """One training sample's augmentation draws, shared by all its modalities.
+
+    `flip`: mirror the clip horizontally (faces, and with them pose and blendshapes, so the modalities
+    stay consistent). `rng`: seeded by (seed, epoch, clip index) on its own stream, so frame sampling is
+    the same with augmentation on or off and a resumed run draws what the uninterrupted one drew.
+    """
+
+    flip: bool
+    rng: np.random.Generator
+
+
 class Encoder(nn.Module):
     """Base of every modality encoder; see the module docstring for the protocol."""
 
@@ -131,6 +147,11 @@ class Encoder(nn.Module):
     @classmethod
     def absent(cls, cfg, frames: Frames) -> dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def augment(cls, cfg, part: dict[str, Any], aug: Augmentation) -> dict[str, Any]:
+        """`part` (what `cut` returned) augmented for training; the same keys, shapes and dtypes."""
+        return part
 
     # -- model ------------------------------------------------------------------------------------
     @property
