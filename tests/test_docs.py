@@ -294,6 +294,17 @@ def test_shown_config_files_load(tmp_path):
     assert examples
 
 
+def test_set_up_commands_are_those_of_ci():
+    """The README's set-up block runs exactly what .ci/run runs to install and test."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^## Set up\n+```bash\n(.*?)\n```", text, re.S | re.M)
+    assert block, "README.md has no ## Set up section with a bash block"
+    steps = [step.strip() for line in block.group(1).splitlines() for step in line.split("&&")]
+    ci = {line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()}
+    assert steps and [s for s in steps if s not in ci] == []
+    assert 'pip install -e ".[dev]"' in steps and "pytest" in steps
+
+
 # -- links -----------------------------------------------------------------------------------
 def slug(heading: str) -> str:
     """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
