@@ -34,7 +34,7 @@ from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.splits import fold_splits
-from dfew_mm.data.store import FeatureStore
+from dfew_mm.data.store import EXTRACTOR_VERSION, FeatureStore
 from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
 from dfew_mm.errors import ConfigError, DfewMMError
@@ -181,6 +181,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     random.seed(cfg.train.seed + d.rank)
 
     store = FeatureStore(cfg.data.store)
+    extractor = store.extractor_version()
+    if extractor is not None and extractor < EXTRACTOR_VERSION:
+        log.warning("%s comes from extractor version %d (now %d), whose features depend on the order clips were "
+                    "extracted in: re-extract it for exactly reproducible runs (docs/reproducibility.md)",
+                    store.path, extractor, EXTRACTOR_VERSION)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is None:  # before the first epoch: faces large enough, the waveform there if read
@@ -219,6 +224,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, best = ckpt["meta"]["epoch"] + 1, ckpt["meta"]["best"]
+        began_on = ckpt["meta"].get("extractor_version")
+        if None not in (began_on, extractor) and began_on != extractor:
+            log.warning("the run began on a store of extractor version %s and resumes on version %s: its epochs "
+                        "saw different features", began_on, extractor)
         if len(ckpt["rng"]) != d.world:
             log.warning("resuming with %d processes, saved with %d: training continues, but not bit-exactly",
                         d.world, len(ckpt["rng"]))
@@ -296,7 +305,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         if d.main:
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
                      format_metrics(val), record["clips_per_s"])
-            meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha()}
+            meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha(), "extractor_version": extractor}
             payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "optimizer": opt.state_dict(),
                        "scheduler": sched.state_dict(), "rng": rng}
             if improved:
