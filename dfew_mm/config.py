@@ -97,6 +97,9 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # GPU runs that repeat bit for bit: deterministic cuDNN/cuBLAS kernels and torch's deterministic mode, at
+    # some speed (docs/reproducibility.md); CPU runs repeat without it
+    deterministic: bool = False
 
 
 @dataclass

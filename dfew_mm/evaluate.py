@@ -131,6 +131,8 @@ def excluded_path_for(out_csv: str | Path) -> Path:
 # Settings that may differ between the training store and an evaluated store: the darkening is what
 # a darkened store is for; everything else changes what the model sees besides the light.
 DARKENING_SETTINGS = ("darken", "darken_seed")
+# Not settings of the features: the store format is checked by array, the extractor version warned about.
+VERSION_SETTINGS = ("store_format", "extractor_version")
 EXTRACT_FLAGS = {"frames": "--frames", "face_size": "--face-size", "face_model": "--face-model",
                  "pose_model": "--pose-model"}
 
@@ -173,7 +175,7 @@ def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[lis
     if ours is not None and theirs is not None:
         ours, theirs = {**ABSENT_SETTINGS, **ours}, {**ABSENT_SETTINGS, **theirs}
         for key in sorted(set(ours) | set(theirs)):
-            if key in DARKENING_SETTINGS or key == "store_format" or ours.get(key) == theirs.get(key):
+            if key in DARKENING_SETTINGS or key in VERSION_SETTINGS or ours.get(key) == theirs.get(key):
                 continue
             switch = key in switch_of.values()
             if switch and not theirs.get(key):
@@ -199,6 +201,27 @@ def check_store_serves(cfg, store, clip_id: str, modalities: Sequence[str], chec
                *([f"--darken {scene:g}"] if scene else []), "[--split test --fold K]"]
     raise StoreError(f"feature store {store.path} does not serve the model of {checkpoint}: {'; '.join(problems)}. "
                      f"Re-extract it with the settings of the training store: `{' '.join(command)}`")
+
+
+def trained_extractor_version(meta: dict, trained_store: str | None) -> int | None:
+    """The extractor version of a model's training store: from its checkpoint, or from the training store's
+    settings for checkpoints saved before they recorded it; None when neither says."""
+    from dfew_mm.data.store import FeatureStore
+
+    version = meta.get("extractor_version")
+    if version is None and trained_store and Path(trained_store).is_dir():
+        version = FeatureStore(trained_store).extractor_version()
+    return version
+
+
+def warn_extractor_versions(meta: dict, trained_store: str | None, store) -> None:
+    """Warn when the evaluated store comes from another extractor version than the training store."""
+    trained = trained_extractor_version(meta, trained_store)
+    ours = store.extractor_version()
+    if None not in (trained, ours) and trained != ours:
+        log.warning("%s comes from extractor version %d and the model's training store from version %d: the same "
+                    "clips give other features; re-extract the older store for exactly comparable results "
+                    "(docs/reproducibility.md)", store.path, ours, trained)
 
 
 def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequence[str], device,
@@ -278,6 +301,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     clips = select_clips(feature_store, data_cfg, split, cfg.train.seed, excluded_csv=excluded_path_for(out_csv))
     check_store_serves(replace(cfg, data=replace(data_cfg, store=trained_store)), feature_store,
                      str(clips["clip_id"].iloc[0]), mods, checkpoint)
+    warn_extractor_versions(meta, trained_store, feature_store)
     kind = "scene" if scene > 0 else "crop"
     log.info("evaluating %s on fold %d %s (%d clips), modalities %s, %s", checkpoint, fold, split, len(clips),
              modality_label(mods), f"scene-level darkening {scene:g} (store)" if scene else f"darkening {strengths}")

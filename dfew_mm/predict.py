@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -73,25 +74,28 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
 
     from dfew_mm.batch import collate
     from dfew_mm.checkpoint import load_checkpoint
+    from dfew_mm.data.store import EXTRACTOR_VERSION
     from dfew_mm.device import resolve_device
-    from dfew_mm.evaluate import parse_modalities
-    from dfew_mm.extract.worker import ClipExtractor, resolve_models
+    from dfew_mm.evaluate import parse_modalities, trained_extractor_version
     from dfew_mm.inference import predict_logits
 
     dev = resolve_device(device)
-    model, cfg, _ = load_checkpoint(checkpoint, map_location=dev)
+    model, cfg, meta = load_checkpoint(checkpoint, map_location=dev)
     mods = parse_modalities(modalities, cfg.model.modalities)
     options = extraction_options(cfg)
-    extractor = ClipExtractor(options, resolve_models(options, assets_dir))
+    trained = trained_extractor_version(meta, cfg.data.store)
+    if trained is not None and trained != EXTRACTOR_VERSION:
+        log.warning("the model was trained on features of extractor version %d; new clips are extracted by version "
+                    "%d, which makes other features of the same clip (docs/reproducibility.md)", trained,
+                    EXTRACTOR_VERSION)
     results = []
-    try:
-        for raw in tqdm(paths, desc="predict", unit="clip", disable=None if len(paths) > 1 else True):
-            path = Path(raw)
-            if not path.is_file():
+    with closing(extract_in_memory(paths, options, assets_dir)) as extracted:
+        for path, record, arrays in tqdm(extracted, total=len(paths), desc="predict", unit="clip",
+                                         disable=None if len(paths) > 1 else True):
+            if record is None:
                 results.append({"clip": str(path), "ok": False,
                                 "error": f"{path} does not exist or is not a file"})
                 continue
-            record, arrays = extractor.extract(path.stem, path)
             if arrays is None:
                 results.append({"clip": str(path), "ok": False,
                                 "error": f"cannot read {path}: {record['error']}"})
@@ -107,9 +111,22 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
                 "quality": {k: record.get(k) for k in ("face_rate", "pose_rate", "has_audio", "luma_mean",
                                                        "face_luma_mean")} | {"note": record.get("error", "")},
             })
+    return results
+
+
+def extract_in_memory(paths: Sequence[str | Path], options, assets_dir: str | Path | None = None
+                      ) -> Iterator[tuple[Path, dict | None, dict[str, np.ndarray] | None]]:
+    """(path, manifest record, arrays) per file, in order, from the clip worker of `preprocess/extract.py`
+    without a store; arrays is None for a clip that failed, and both are None for a file that is not there."""
+    from dfew_mm.extract.worker import ClipExtractor, resolve_models
+
+    extractor = ClipExtractor(options, resolve_models(options, assets_dir))
+    try:
+        for raw in paths:
+            path = Path(raw)
+            yield (path, *extractor.extract(path.stem, path)) if path.is_file() else (path, None, None)
     finally:
         extractor.close()
-    return results
 
 
 def format_result(result: dict) -> str:

@@ -34,8 +34,8 @@ from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
 from dfew_mm.data.splits import fold_splits
-from dfew_mm.data.store import FeatureStore
-from dfew_mm.device import autocast
+from dfew_mm.data.store import EXTRACTOR_VERSION, FeatureStore
+from dfew_mm.device import autocast, set_deterministic
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
 from dfew_mm.errors import ConfigError, DfewMMError
 from dfew_mm.files import atomic_write_text
@@ -47,6 +47,7 @@ from dfew_mm.predictions import modality_label, prediction_frame
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
+METRICS_FILE = "metrics.jsonl"  # one line per epoch
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -81,14 +82,20 @@ def make_loaders(cfg: ExperimentConfig, store: FeatureStore, splits, d: Dist, ca
         sampler = DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=seed, drop_last=d.world > 1)
     common = dict(num_workers=cfg.data.num_workers, collate_fn=collate, pin_memory=d.device.type == "cuda",
                   persistent_workers=cfg.data.num_workers > 0)
+    # Each loader draws its workers' seeds from a generator of its own: drawn from the global one, as by
+    # default, they would shift the model's random stream (dropout) with every start of persistent workers,
+    # so a resumed run, whose workers start again, would leave the uninterrupted one's path.
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(seed + d.rank)
+
     train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=False,
-                              **common)
+                              generator=seeded(), **common)
 
     def eval_loader(split) -> DataLoader:  # every rank evaluates a disjoint shard; results are gathered
         full = ClipDataset(store, split.ids, split.labels, cfg.data, mods, train=False, seed=seed, cache=cache,
                            model_cfg=cfg.model)
         return DataLoader(Subset(full, range(d.rank, len(full), d.world)), batch_size=cfg.train.batch_size,
-                          shuffle=False, **common)
+                          shuffle=False, generator=seeded(), **common)
 
     return train_set, train_loader, eval_loader(splits.val), eval_loader(splits.test)
 
@@ -109,6 +116,23 @@ def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path,
                                        perturbation="none", darken=0.0, run=run_dir.name, trained_modalities=mods,
                                        fold=cfg.data.fold, split="test", checkpoint=name)
                       for name, p in by_checkpoint.items()], ignore_index=True)
+
+
+def keep_epochs_before(path: Path, epoch: int) -> None:
+    """Drop the lines of `epoch` and later from metrics.jsonl, and a line cut short: those of epochs a
+    killed run wrote before saving their last.pt, which the resumed run trains and writes again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] < epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+            continue
+    if kept != lines:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 # -- optimiser ----------------------------------------------------------------------------------
@@ -166,6 +190,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     for key in ("epochs", "batch_size", "grad_accum"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key}={getattr(cfg.train, key)} must be at least 1")
+    set_deterministic(cfg.train.deterministic)  # before any CUDA work (cuBLAS reads its setting once)
     d = setup_distributed(cfg.train.device)
     run_dir = Path(cfg.train.out_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -181,6 +206,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     random.seed(cfg.train.seed + d.rank)
 
     store = FeatureStore(cfg.data.store)
+    extractor = store.extractor_version()
+    if extractor is not None and extractor < EXTRACTOR_VERSION:
+        log.warning("%s comes from extractor version %d (now %d), whose features depend on the order clips were "
+                    "extracted in: re-extract it for exactly reproducible runs (docs/reproducibility.md)",
+                    store.path, extractor, EXTRACTOR_VERSION)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is None:  # before the first epoch: faces large enough, the waveform there if read
@@ -219,6 +249,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, best = ckpt["meta"]["epoch"] + 1, ckpt["meta"]["best"]
+        began_on = ckpt["meta"].get("extractor_version")
+        if None not in (began_on, extractor) and began_on != extractor:
+            log.warning("the run began on a store of extractor version %s and resumes on version %s: its epochs "
+                        "saw different features", began_on, extractor)
         if len(ckpt["rng"]) != d.world:
             log.warning("resuming with %d processes, saved with %d: training continues, but not bit-exactly",
                         d.world, len(ckpt["rng"]))
@@ -232,6 +266,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     writer = None
     if d.main:
         write_run_record(run_dir, cfg)
+        keep_epochs_before(run_dir / METRICS_FILE, start_epoch)
         if len(splits.excluded):
             atomic_write_text(run_dir / "excluded_clips.csv", splits.excluded.to_csv(index=False))
         from torch.utils.tensorboard import SummaryWriter
@@ -296,14 +331,15 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         if d.main:
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
                      format_metrics(val), record["clips_per_s"])
-            meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha()}
+            meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha(), "extractor_version": extractor}
             payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "optimizer": opt.state_dict(),
                        "scheduler": sched.state_dict(), "rng": rng}
+            # the epoch's line before last.pt: a kill in between redoes the epoch, which writes the line again
+            with open(run_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(json_safe(record)) + "\n")
             if improved:
                 save_checkpoint(best_path, {"model": payload["model"], "config": payload["config"], "meta": meta})
             save_checkpoint(last_path, payload)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(json_safe(record)) + "\n")
             for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
                 writer.add_scalar(key, record[key], epoch)
         barrier(d)

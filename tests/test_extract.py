@@ -130,7 +130,8 @@ def test_dfew_sample_arrays(mixed_store, clip_id):
 
 def test_cli_defaults_are_extract_options(mixed_store):
     _, store, _ = mixed_store  # extracted by the CLI with no option flags
-    assert json.loads((store.path / SETTINGS_FILE).read_text()) == {**ExtractOptions().to_dict(), "store_format": 2}
+    assert json.loads((store.path / SETTINGS_FILE).read_text()) == {**ExtractOptions().to_dict(), "store_format": 2,
+                                                                    "extractor_version": 2}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -570,6 +571,7 @@ def test_stores_without_darkening_settings_resume(tmp_path):
     store.path = tmp_path
     old = {k: v for k, v in ExtractOptions().to_dict().items() if not k.startswith("darken")}
     old["store_format"] = 2  # the darkening keys alone are absent (format 1 is tests/test_waveform_store.py's)
+    old["extractor_version"] = 2
     (tmp_path / "extract_settings.json").write_text(json.dumps(old))
     check_settings(store, ExtractOptions(), overwrite=False)
     assert json.loads((tmp_path / "extract_settings.json").read_text())["darken"] == 0.0

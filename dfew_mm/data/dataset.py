@@ -8,6 +8,7 @@ name, and asks each registered modality for its keys.
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -61,7 +62,10 @@ class ClipDataset(Dataset):
             raise ValueError(f"{len(clip_ids)} clip ids but {len(labels)} labels")
         self.store, self.ids, self.labels = store, list(clip_ids), np.asarray(labels, dtype=np.int64)
         self.cfg, self.modalities, self.train = data_cfg, tuple(modalities), train
-        self.transforms, self.seed, self.epoch = dict(transforms or {}), seed, 0
+        self.transforms, self.seed = dict(transforms or {}), seed
+        # Shared with the loader's worker processes: persistent workers hold a copy of this dataset made
+        # when they started, which would otherwise draw every epoch's frames and augmentation from epoch 0's.
+        self._epoch = multiprocessing.RawValue("q", 0)
         self.cache = cache
         self.encoder_cfgs = {name: getattr(model_cfg or ModelConfig(), name) for name in ENCODERS}
         self.cached = tuple(m for m in self.modalities if cache is not None and m in cache.modalities)
@@ -69,6 +73,14 @@ class ClipDataset(Dataset):
         self.arrays = {"frame_time", *(a for m in self.read for a in ENCODERS[m].store_arrays(self.encoder_cfgs[m]))}
         if self.cached and self.transforms:
             raise ValueError("array transforms cannot apply to cached embeddings; read the store instead")
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

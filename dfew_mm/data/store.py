@@ -56,6 +56,11 @@ OPTIONAL_ARRAYS = {"blendshapes": ("float32", "(T, 52) FaceLandmarker blendshape
 # `waveform` (N,) int16, the 16 kHz mono audio that waveform speech encoders read; 1 (no key): before.
 # `preprocess/extract.py --add-waveform --out STORE ...` turns a format-1 store into format 2.
 STORE_FORMAT = 2
+# Extractor version, recorded as `extractor_version` in the settings file: what the extractor's code makes of a
+# clip beyond its settings. 2: a clip's arrays depend on that clip alone, whatever the order, worker, shard or
+# resume that extracts it; 1 (no key): its pose visibilities carried over from the clip the same worker
+# extracted before it (docs/reproducibility.md). Stores of two versions are not mixed; re-extract old ones.
+EXTRACTOR_VERSION = 2
 FORMAT_ARRAYS = {"waveform": ("int16", "(N,) 16 kHz mono audio samples; (0,) without audio (format 2)")}
 # What reading a damaged npz raises (truncated, overwritten, bad CRC, bad array header).
 READ_ERRORS = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
@@ -263,6 +268,12 @@ class FeatureStore:
         """Save the extraction settings with the store (atomically: a failed write keeps the previous file)."""
         payload = json.dumps(dict(settings), indent=2).encode()
         atomic_write_bytes(self.settings_path, lambda f: f.write(payload))
+
+    def extractor_version(self) -> int | None:
+        """The extractor version that wrote the store (EXTRACTOR_VERSION; 1 for settings written before it was
+        recorded), or None for a store without a settings file (not written by preprocess/extract.py)."""
+        settings = self.settings()
+        return None if settings is None else int(settings.get("extractor_version", 1))
 
     def scene_darken(self) -> float:
         """The scene-level darkening strength the store was extracted with (`--darken`; 0: none)."""

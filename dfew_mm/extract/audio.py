@@ -7,6 +7,8 @@ float16 range and precision.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torchaudio
@@ -21,13 +23,26 @@ def log_mel_fbank(samples: np.ndarray) -> np.ndarray:
     if samples.size < _MIN_SAMPLES:
         return np.zeros((0, N_MELS), np.float16)
     waveform = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).unsqueeze(0)  # (1, N)
-    waveform = waveform - waveform.mean()  # remove DC, as AST's own preprocessing does
-    with torch.no_grad():
+    with torch.no_grad(), _one_torch_thread():
+        waveform = waveform - waveform.mean()  # remove DC, as AST's own preprocessing does
         fbank = torchaudio.compliance.kaldi.fbank(
             waveform, htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False,
             window_type="hanning", num_mel_bins=N_MELS, dither=0.0,
             frame_length=WINDOW_MS, frame_shift=HOP_MS)  # (F, 128)
     return fbank.numpy().astype(np.float16)
+
+
+@contextmanager
+def _one_torch_thread():
+    """One torch thread, whatever the caller's: a reduction split over threads rounds differently, and the same
+    clip must give the same filterbank in an extraction worker (one thread) and in `predict` (all cores).
+    A few ms of work per clip, where a thread pool on a busy machine only adds waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def waveform_int16(samples: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
 
 # Settings added after stores were first written: what a saved settings file without them meant.
-ABSENT_SETTINGS = {"darken": 0.0, "darken_seed": 0, "store_format": 1}
+ABSENT_SETTINGS = {"darken": 0.0, "darken_seed": 0, "store_format": 1, "extractor_version": 1}
 FACE_MODELS = ("auto", "short_range", "full_range")  # auto: both, the better track per clip
 # A run setting, not a feature setting (not saved with the store): seconds one clip may take before
 # its worker process is stopped and the clip recorded as failed. A DFEW clip takes about 1 s per

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dfew_mm.data.dfew import (CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, is_clip_number, normalise_clip_id,
                                video_file_problem, warn_skipped)
-from dfew_mm.data.store import STORE_FORMAT, FeatureStore
+from dfew_mm.data.store import EXTRACTOR_VERSION, STORE_FORMAT, FeatureStore
 from dfew_mm.errors import DatasetError, StoreError, WriteError
 from dfew_mm.files import remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
@@ -138,7 +138,7 @@ def _in_split(clips: dict[str, Path], selected: list[str], split_ids: Sequence[s
 def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool) -> None:
     """Refuse to mix clips extracted with different settings in one store."""
     path = store.settings_path
-    current = {**options.to_dict(), "store_format": STORE_FORMAT}
+    current = {**options.to_dict(), "store_format": STORE_FORMAT, "extractor_version": EXTRACTOR_VERSION}
     if path.is_file() and not overwrite:
         try:
             saved = json.loads(path.read_text())
@@ -154,7 +154,11 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
                 advice = (f"the store is of format {saved['store_format']}, without the waveform array: first "
                           f"run `python preprocess/extract.py --add-waveform --out {store.path} "
                           "--dfew-root ROOT` (or --clips-dir DIR), which adds it without redoing faces and pose")
-            if "darken" in diff:  # darkening a store's clips again, or mixing two strengths in one store
+            if "extractor_version" in diff:  # one store, one extractor: the old clips are redone, not mixed in
+                advice = (f"its clips come from extractor version {saved['extractor_version']} and this is version "
+                          f"{EXTRACTOR_VERSION} (docs/reproducibility.md says what changed); re-extract all of them "
+                          "with --overwrite, or into another --out")
+            elif "darken" in diff:  # darkening a store's clips again, or mixing two strengths in one store
                 advice = (f"each darkening strength needs its own store: use another --out for --darken "
                           f"{options.darken:g} (or --overwrite to redo all clips)")
             raise StoreError(f"{store.path} was extracted with other settings ({shown}); {advice}")
