@@ -1,8 +1,6 @@
-"""Signal and dataset constants, in one place; derived values are computed, units in comments."""
+"""Signal and extraction constants, in one place; derived values are computed, units in comments."""
 
-# DFEW classes in label order: the split CSVs use 1-based labels, the library uses 0-based indices.
-CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
-NUM_CLASSES = len(CLASSES)
+# Class names and their number belong to each dataset (dfew_mm.datasets): nothing here names a class.
 
 # Audio features: 128-bin Kaldi log-mel filterbank as used by the AST AudioSet checkpoints.
 SAMPLE_RATE = 16_000  # Hz, mono

@@ -1,4 +1,5 @@
-"""5-fold cross-validation: one training run per fold, then a per-fold, mean ± std and pooled table.
+"""Cross-validation over the folds of the dataset's protocol (k folds, or the one fold of a fixed train/test
+split): one training run per fold, then a per-fold, mean ± std and pooled table.
 
 Uncertainty comes two ways: the spread of the fold results (mean ± std over folds, each fold with
 its own training and test clips) and a bootstrap interval of the pooled test predictions of all
@@ -21,6 +22,7 @@ import pandas as pd
 from dfew_mm.config import ExperimentConfig
 from dfew_mm.errors import DfewMMError
 from dfew_mm.metrics import classification_metrics
+from dfew_mm.predictions import classes_of
 from dfew_mm.stats import LEVEL, METHOD, N_BOOT, mcnemar, metric_intervals, paired_difference
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,7 @@ def _interval_columns(predictions: pd.DataFrame, n_boot: int, level: float, seed
 
 
 def _uar(predictions: pd.DataFrame) -> float:
-    return classification_metrics(predictions["label"], predictions["pred"])["uar"]
+    return classification_metrics(predictions["label"], predictions["pred"], classes_of(predictions) or None)["uar"]
 
 
 def _from_confusion(confusion: np.ndarray) -> tuple[float, float]:

@@ -27,13 +27,12 @@ from tqdm import tqdm
 
 from dfew_mm.balance import Balancer, fit_member_weights
 from dfew_mm.batch import batch_to, collate
-from dfew_mm.checkpoint import (load_weights, model_config_diff, read_checkpoint, remove_stale_checkpoint_temps,
-                                rng_state, save_checkpoint, set_rng_state)
+from dfew_mm.checkpoint import (checkpoint_classes, load_weights, model_config_diff, read_checkpoint,
+                                remove_stale_checkpoint_temps, rng_state, save_checkpoint, set_rng_state)
 from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
-from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
-from dfew_mm.data.splits import fold_splits
+from dfew_mm.data.splits import check_inputs_present, dataset_of, fold_splits
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
@@ -54,7 +53,7 @@ class BalancedSampler(Sampler[int]):
     """Class-balanced sampling with replacement, seeded per epoch and sharded over ranks."""
 
     def __init__(self, labels: np.ndarray, rank: int, world: int, seed: int):
-        counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+        counts = np.bincount(labels).astype(np.float64)
         self.weights = torch.as_tensor(1.0 / counts[labels])
         self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
         self.per_rank = math.ceil(len(labels) / world)
@@ -98,14 +97,14 @@ def evaluate_loader(model: EmotionModel, loader: DataLoader, d: Dist, amp: bool)
     """Metrics and predictions over the union of all ranks' shards (the shared inference loop)."""
     parts = gather(predict_logits(model, loader, d.device, amp), d)
     preds = Predictions.concat(parts)
-    return classification_metrics(preds.labels, preds.preds), preds
+    return classification_metrics(preds.labels, preds.preds, model.classes), preds
 
 
-def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path,
+def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path, classes: tuple[str, ...],
                      by_checkpoint: dict[str, Predictions]) -> pd.DataFrame:
     """The test fold's per-clip predictions of each checkpoint, in the `dfew_mm evaluate` file format."""
     mods = modality_label(cfg.model.modalities)
-    return pd.concat([prediction_frame(p.clip_ids, p.labels, p.probs, store.manifest, modalities=mods,
+    return pd.concat([prediction_frame(p.clip_ids, p.labels, p.probs, store.manifest, classes, modalities=mods,
                                        perturbation="none", darken=0.0, run=run_dir.name, trained_modalities=mods,
                                        fold=cfg.data.fold, split="test", checkpoint=name)
                       for name, p in by_checkpoint.items()], ignore_index=True)
@@ -150,9 +149,9 @@ def make_optimizer(model: EmotionModel, cfg: ExperimentConfig, steps_per_epoch: 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def class_weights(labels: np.ndarray) -> torch.Tensor:
-    """Inverse class frequency, mean 1 over the classes present."""
-    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """(C,) inverse class frequency, mean 1 over the classes present."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, len(labels) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 
@@ -181,7 +180,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     random.seed(cfg.train.seed + d.rank)
 
     store = FeatureStore(cfg.data.store)
+    dataset = dataset_of(cfg.data)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
+    check_inputs_present(store, splits.train.ids, cfg.model.modalities, dataset, f"fold {cfg.data.fold}")
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is None:  # before the first epoch: faces large enough, the waveform there if read
         check_store_fits(cfg.model, cfg.data.face_size, store.array_shapes(splits.train.ids[0]))
@@ -193,7 +194,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
              len(splits.train.ids), len(splits.val.ids), len(splits.test.ids), ",".join(cfg.model.modalities),
              d.device, d.world)
 
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, dataset.classes)
     if not resume:
         load_pretrained(model, cfg.model)
         if cache is not None:  # the frozen encoders that made the cache, so checkpoints match it
@@ -206,7 +207,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch)
-    weights = class_weights(splits.train.labels).to(d.device) if cfg.train.class_balance == "weighted_loss" else None
+    weights = (class_weights(splits.train.labels, model.num_classes).to(d.device)
+               if cfg.train.class_balance == "weighted_loss" else None)
     balance = Balancer(model, cfg.train, weights)  # fused + unimodal losses, OGM-GE (dfew_mm/balance.py)
 
     start_epoch, best = 0, {"uar": -1.0, "epoch": -1}
@@ -215,6 +217,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         diff = model_config_diff(ckpt["config"]["model"], to_dict(cfg)["model"])
         if diff:
             raise DfewMMError(f"{last_path} was trained with a different model configuration: " + "; ".join(diff))
+        saved_classes = checkpoint_classes(ckpt, cfg)
+        if saved_classes != model.classes:
+            raise DfewMMError(f"{last_path} was trained on the classes {', '.join(saved_classes)}; "
+                              f"{dataset.title} has {', '.join(model.classes)}")
         load_weights(model, ckpt["model"], last_path)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -297,10 +303,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
                      format_metrics(val), record["clips_per_s"])
             meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha()}
-            payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "rng": rng}
+            payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "classes": list(model.classes),
+                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng}
             if improved:
-                save_checkpoint(best_path, {"model": payload["model"], "config": payload["config"], "meta": meta})
+                save_checkpoint(best_path, {k: payload[k] for k in ("model", "config", "meta", "classes")})
             save_checkpoint(last_path, payload)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(json_safe(record)) + "\n")
@@ -315,11 +321,12 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         load_weights(model, best_ckpt["model"], best_path)
         best_metrics, best_preds = evaluate_loader(model, test_loader, d, cfg.train.amp)
         results = {"last": {"epoch": end_epoch - 1, **last_metrics},
-                   "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics}}
+                   "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics},
+                   "dataset": cfg.data.dataset, "classes": list(model.classes)}
         if d.main:
             atomic_write_text(run_dir / "test_metrics.json", json.dumps(json_safe(results), indent=2) + "\n")
             atomic_write_text(run_dir / "test_predictions.csv", test_predictions(
-                cfg, store, run_dir, {"best": best_preds, "last": last_preds}).to_csv(index=False))
+                cfg, store, run_dir, model.classes, {"best": best_preds, "last": last_preds}).to_csv(index=False))
             log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
                      format_metrics(results["best"]), format_metrics(results["last"]))
         barrier(d)

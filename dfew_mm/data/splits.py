@@ -1,4 +1,7 @@
-"""Fold lists -> the train/validation/test clip ids of one DFEW fold that a feature store can serve.
+"""Fold lists -> the train/validation/test clip ids of one fold that a feature store can serve.
+
+The fold lists come from the dataset named by the config (`data.dataset`, dfew_mm.datasets), read
+from its copy (`data.root`, or `data.dfew_root` for DFEW) or its split folder (`data.splits_dir`).
 
 The validation split is carved out of the training fold (stratified, seeded); the test fold is
 only used once training is complete. Every clip of the fold is checked before anything starts
@@ -12,15 +15,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from dfew_mm.config import DataConfig
-from dfew_mm.data.dfew import load_fold
 from dfew_mm.data.store import FeatureStore
+from dfew_mm.datasets import open_dataset
+from dfew_mm.datasets.base import Dataset
 from dfew_mm.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,11 @@ class FoldSplits:
 
 
 UNREADABLE = "unreadable"  # reason prefix of clips whose file is missing or damaged
+
+
+def dataset_of(data_cfg: DataConfig) -> Dataset:
+    """The dataset of a `data` config section, bound to its copy and split folder."""
+    return open_dataset(data_cfg.dataset, data_cfg.root or data_cfg.dfew_root or None, data_cfg.splits_dir or None)
 
 
 def _usable(store: FeatureStore, ids: Sequence[str]) -> dict[str, str]:
@@ -89,15 +97,13 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
     Only the split files in `parts` are checked against the store; with `parts=("test",)` (evaluating
     the test split, e.g. on a store that holds only the test clips) train and val come back empty.
     """
-    root = Path(data_cfg.dfew_root) if data_cfg.dfew_root else None
-    splits_dir = Path(data_cfg.splits_dir) if data_cfg.splits_dir else None
-    fold = load_fold(data_cfg.fold, root, splits_dir)
+    fold = dataset_of(data_cfg).fold(data_cfg.fold)
     excluded, kept, stops = [], {}, []
     for name, frame in (("train", fold.train), ("test", fold.test)):
         if name not in parts:
             kept[name] = Split([], np.zeros(0, dtype=np.int64))
             continue
-        ids = [str(int(i)) for i in frame.index]
+        ids = [str(i) for i in frame.index]
         reasons = _usable(store, ids)
         bad = [i for i in ids if reasons[i]]
         absent = [i for i in bad if not reasons[i].startswith(UNREADABLE)]
@@ -106,7 +112,7 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
             stops.append(f"{len(absent)} of {len(ids)} {name} clips of fold {fold.k} are not usable in feature store "
                          f"{store.path}: {first}{' ...' if len(absent) > 5 else ''}")
         excluded += [{"clip_id": i, "split": name, "reason": reasons[i]} for i in bad]
-        good = frame.loc[[int(i) for i in ids if not reasons[i]], "label"].to_numpy(dtype=np.int64)
+        good = frame.loc[[i for i in ids if not reasons[i]], "label"].to_numpy(dtype=np.int64)
         kept[name] = Split([i for i in ids if not reasons[i]], good)
     unreadable = {e["clip_id"]: e["reason"][len(UNREADABLE) + 2:] for e in excluded
                   if e["reason"].startswith(UNREADABLE)}
@@ -131,3 +137,28 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
     pick = lambda mask: Split([i for i, m in zip(train.ids, mask) if m], train.labels[mask])  # noqa: E731
     return FoldSplits(pick(~is_val), pick(is_val), kept["test"],
                       pd.DataFrame(excluded, columns=["clip_id", "split", "reason"]))
+
+
+def check_inputs_present(store: FeatureStore, ids: Sequence[str], modalities: Sequence[str], dataset: Dataset,
+                         where: str) -> None:
+    """StoreError (one line) when no clip of `ids` has input for one of `modalities`, by the manifest column
+    each encoder names (`Encoder.presence`); clips whose record leaves it empty count as having it."""
+    from dfew_mm.models.encoders import ENCODERS
+
+    manifest = store.manifest.set_index("clip_id").reindex(list(ids))
+    empty = []
+    for name in modalities:
+        column = ENCODERS[name].presence
+        if not column or column not in manifest:
+            continue
+        values = manifest[column]
+        flags = values.astype(str).str.lower().isin(("true", "1", "1.0")) | (pd.to_numeric(values, errors="coerce") > 0)
+        if not (flags | values.isna()).any():
+            empty.append(f"{name} ({column} is {values.iloc[0]} for all {len(values)})")
+    if not empty:
+        return
+    names = ", ".join(e.split(" ")[0] for e in empty)
+    why = (f"{dataset.title} distributes face frames only, no original clips to take pose or audio from"
+           if not dataset.clip_dir else "its clips were extracted without them")
+    raise StoreError(f"no training clip of {where} in feature store {store.path} has input for {'; '.join(empty)}: "
+                     f"{why}. Train without {names} (e.g. --modalities video)")

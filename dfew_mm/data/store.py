@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from dfew_mm.data.dfew import is_clip_number
+from dfew_mm.datasets.base import natural_key
 from dfew_mm.errors import StoreError, WriteError
 from dfew_mm.files import atomic_write_bytes
 
@@ -325,7 +325,7 @@ class FeatureStore:
     def unreadable_error(self, problems: Mapping[str, str], context: str, shown: int = 20,
                          max_ids: int = 200) -> StoreError:
         """One error listing the clips whose files cannot be read, with the commands that repair them."""
-        ids = sorted(problems, key=_natural_sort_key)
+        ids = sorted(problems, key=natural_key)
         details = ", ".join(f"{i} ({problems[i]})" for i in ids[:shown])
         rest = ids[shown:max_ids]
         more = f", and {', '.join(rest)}" if rest else ""
@@ -395,7 +395,7 @@ class FeatureStore:
         if damaged:
             log.warning("%s: %d damaged records left out of the manifest (their clips count as not extracted "
                         "and are redone by the next extraction): %s", self.records_dir, len(damaged),
-                        ", ".join(sorted(damaged, key=_natural_sort_key)[:10]))
+                        ", ".join(sorted(damaged, key=natural_key)[:10]))
         frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         for column in INTEGER_COLUMNS:  # whole numbers stay whole beside the empty cells of failed clips
             frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
@@ -427,14 +427,9 @@ def _parse_manifest(data: bytes) -> pd.DataFrame:
     return frame
 
 
-def _natural_sort_key(clip_id: object) -> tuple[int, int, str]:
-    text = str(clip_id)
-    return (0, int(text), "") if is_clip_number(text) else (1, 0, text)
-
-
 def _natural_key(ids: pd.Series) -> pd.Series:
     """Sort numeric DFEW ids as numbers and other ids as text."""
-    return ids.map(_natural_sort_key)
+    return ids.map(natural_key)
 
 
 def _json_default(value: Any) -> Any:

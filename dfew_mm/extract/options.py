@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
+from dfew_mm.datasets.base import DETECT
 
 # Settings added after stores were first written: what a saved settings file without them meant.
-ABSENT_SETTINGS = {"darken": 0.0, "darken_seed": 0, "store_format": 1}
+ABSENT_SETTINGS = {"darken": 0.0, "darken_seed": 0, "store_format": 1, "face_source": DETECT, "frame_rate": 0.0}
 FACE_MODELS = ("auto", "short_range", "full_range")  # auto: both, the better track per clip
 # A run setting, not a feature setting (not saved with the store): seconds one clip may take before
 # its worker process is stopped and the clip recorded as failed. A DFEW clip takes about 1 s per
@@ -37,6 +38,11 @@ class ExtractOptions:
     # before detection (0 = off), with each clip's noise drawn from (darken_seed, clip id).
     darken: float = 0.0
     darken_seed: int = 0
+    # Where faces come from: `detect` (the detector on the original clip) or a dataset's face frames,
+    # by the dataset's source name (frames-only clips, dfew_mm.extract.frames); those are placed in time
+    # at the dataset's nominal `frame_rate` (fps; 0 with `detect`, where the clip's own rate is used).
+    face_source: str = DETECT
+    frame_rate: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.frames <= MAX_FRAMES:
@@ -58,6 +64,8 @@ class ExtractOptions:
             raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
         if self.pose_model not in POSE_MODELS:
             raise ValueError(f"pose_model '{self.pose_model}' unknown; choose from {POSE_MODELS}")
+        if self.face_source != DETECT and not self.frame_rate > 0:
+            raise ValueError(f"face_source '{self.face_source}' reads frame folders and needs their nominal frame_rate")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,5 +75,8 @@ class ExtractOptions:
             ["face_landmarker"] if self.blendshapes else [])
 
     def face_detector_keys(self) -> list[str]:
+        """The face detectors a run needs: none when faces come from frame folders."""
+        if self.face_source != DETECT:
+            return []
         names = ("short_range", "full_range") if self.face_model == "auto" else (self.face_model,)
         return [f"face_detector_{name}" for name in names]

@@ -1,5 +1,9 @@
 """Extraction runs: list the clips, skip finished ones, extract in worker processes, keep the manifest.
 
+A dataset's clips come from its file (dfew_mm.datasets): the original clips, or with a face source
+other than `detect` the folders of face frames the dataset distributes (frames-only clips: faces,
+no pose or audio; see dfew_mm.extract.frames).
+
 Each worker process holds one ClipExtractor (its own MediaPipe instances) and writes each clip's
 arrays and record atomically into the store, so a kill or Ctrl-C loses at most the clips in
 flight and a re-run resumes where it stopped; a clip counts as finished only if its file is
@@ -21,9 +25,10 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from dfew_mm.data.dfew import (CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, is_clip_number, normalise_clip_id,
-                               video_file_problem, warn_skipped)
 from dfew_mm.data.store import STORE_FORMAT, FeatureStore
+from dfew_mm.datasets import open_dataset
+from dfew_mm.datasets.base import (DETECT, VIDEO_SUFFIXES, Dataset, is_clip_number, natural_key, video_file_problem,
+                                   warn_skipped)
 from dfew_mm.errors import DatasetError, StoreError, WriteError
 from dfew_mm.files import remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
@@ -32,16 +37,23 @@ from dfew_mm.extract.pool import SupervisedPool
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")  # the DFEW split files of a fold (validation is carved out at training time)
+SPLITS = ("train", "test")  # the split files of a fold (validation is carved out at training time)
 
 
 # -- which clips -------------------------------------------------------------------------------
-def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None) -> dict[str, Path]:
-    """clip id -> video file. DFEW ids are str(int) ("42"); other folders use the file stem."""
-    if (dfew_root is None) == (clips_dir is None):
-        raise DatasetError("give exactly one of --dfew-root or --clips-dir")
+def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None, dataset: Dataset | None = None,
+               face_source: str = DETECT) -> dict[str, Path]:
+    """clip id -> what extraction reads: a video file, or with a `face_source` other than `detect` the
+    clip's folder of face frames. A dataset's ids are its store ids (DFEW's str(int), "42"); other
+    folders use the file stem."""
+    if sum(x is not None for x in (dfew_root, clips_dir, dataset)) != 1:
+        raise DatasetError("give exactly one of --dfew-root, --root or --clips-dir")
     if dfew_root is not None:
-        return {str(clip_id): path for clip_id, path in index_clip_files(Path(dfew_root) / CLIP_DIR).items()}
+        dataset = open_dataset("dfew", dfew_root)
+    if dataset is not None:
+        return dataset.clips(face_source)
+    if face_source != DETECT:
+        raise DatasetError(f"--face-source {face_source} reads a dataset's face frames: give --root (or --dfew-root)")
     folder = Path(clips_dir)
     if not folder.is_dir():
         raise DatasetError(f"clip folder {folder} does not exist")
@@ -77,33 +89,33 @@ def in_shard(clip_id: str, index: int, count: int) -> bool:
     return zlib.crc32(clip_id.encode()) % count == index
 
 
-def split_clip_ids(fold: int, split: str, dfew_root: Path | None = None,
-                   splits_dir: Path | None = None) -> list[str]:
-    """DFEW ids (str(int)) of one fold's `train` or `test` split, from the split files."""
-    from dfew_mm.data.dfew import load_fold
-
+def split_clip_ids(fold: int, split: str, dfew_root: Path | None = None, splits_dir: Path | None = None,
+                   dataset: Dataset | None = None) -> list[str]:
+    """Store ids of one fold's `train` or `test` split, from the split files of `dataset` (default DFEW's
+    at `dfew_root` / `splits_dir`)."""
     if split not in SPLITS:
         raise DatasetError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    chosen = getattr(load_fold(fold, dfew_root, splits_dir), split)
-    return [str(int(i)) for i in chosen.index]
+    dataset = dataset or open_dataset("dfew", dfew_root, splits_dir)
+    return [str(i) for i in getattr(dataset.fold(fold), split).index]
 
 
 def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard: tuple[int, int] | None = None,
                  limit: int | None = None, dfew_ids: bool = False, split_ids: Sequence[str] | None = None,
-                 split_name: str = "the split") -> list[tuple[str, Path]]:
-    """Filter by --ids, then by a fold's split (`split_ids`, DFEW ids), then --shard, then --limit; in
-    natural id order (the order of --ids when given)."""
+                 split_name: str = "the split", dataset: Dataset | None = None) -> list[tuple[str, Path]]:
+    """Filter by --ids (normalised as `dataset`'s ids, or DFEW's with `dfew_ids`), then by a fold's split
+    (`split_ids`, store ids), then --shard, then --limit; in natural id order (the order of --ids when given)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (got {limit})")
+    dataset = dataset or (open_dataset("dfew") if dfew_ids else None)
     if ids:
-        wanted = [str(normalise_clip_id(i, "--ids")) if dfew_ids else str(i) for i in ids]
+        wanted = [dataset.clip_id(i, "--ids") if dataset is not None else str(i) for i in ids]
         missing = [i for i in wanted if i not in clips]
         if missing:
             raise DatasetError(f"{len(missing)} requested clip ids have no video file "
                                f"(e.g. {', '.join(missing[:5])})")
         selected = list(dict.fromkeys(wanted))
     else:
-        selected = sorted(clips, key=lambda s: (0, int(s), "") if is_clip_number(s) else (1, 0, s))
+        selected = sorted(clips, key=natural_key)
     if split_ids is not None:
         selected = _in_split(clips, selected, split_ids, split_name, from_ids=bool(ids))
     if shard is not None:
@@ -115,9 +127,10 @@ def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard
 
 def _in_split(clips: dict[str, Path], selected: list[str], split_ids: Sequence[str], split_name: str,
               from_ids: bool) -> list[str]:
-    """The `selected` clips whose DFEW number is in `split_ids` (video files named 42 or 00042 alike)."""
+    """The `selected` clips whose id is in `split_ids`; a folder's file stems count as clip numbers (video
+    files named 42 or 00042 alike)."""
     def number(clip_id: str) -> str | None:
-        return str(int(clip_id)) if is_clip_number(clip_id) else None
+        return str(int(clip_id)) if is_clip_number(clip_id) else clip_id
 
     wanted = {str(i) for i in split_ids}
     kept = [c for c in selected if number(c) in wanted]

@@ -18,9 +18,10 @@ from dfew_mm.constants import WAVEFORM_ARRAY
 from dfew_mm.extract.audio import log_mel_fbank, waveform_int16
 from dfew_mm.extract.decode import DecodeError, FrameBuffer, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
+from dfew_mm.extract.frames import extract_frames
 from dfew_mm.extract.images import downscale, to_mp_image, to_mp_images
 from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_logs
-from dfew_mm.extract.options import ExtractOptions
+from dfew_mm.extract.options import DETECT, ExtractOptions
 from dfew_mm.extract.pose import PoseEstimator
 from dfew_mm.extract.quality import frame_luma, masked_mean_luma, rms_db
 from dfew_mm.lowlight import clip_rng, darken_frames
@@ -100,6 +101,13 @@ class ClipExtractor:
         opts = self.options
         watch = Stopwatch()
         self.stage_s = watch.seconds
+        if opts.face_source != DETECT:  # a folder of the dataset's face frames, no original clip
+            arrays, stats, notes = extract_frames(Path(path), opts.frames, opts.face_size, opts.frame_rate)
+            watch.lap("decode")
+            if self.blendshapes is not None:
+                arrays["blendshapes"] = self.blendshapes.estimate(arrays["faces"], arrays["face_mask"])  # (T, 52)
+                watch.lap("blendshapes")
+            return arrays, stats, notes
         with native_stderr_silenced():  # decord logs damaged files itself; the record keeps the reason
             clip = decode_clip(path, opts.frames, self.frame_buffer)
         watch.lap("decode")

@@ -1,30 +1,40 @@
-"""The DFEW protocol: split files, 5 folds, clip file index, and their validation.
+"""DFEW: split files, 5 folds, clip file index, and their validation.
 
 Layout: ROOT/Clip/original/<id>.mp4 and ROOT/EmoLabel_DataSplit/{train,test}(single-labeled)/set_k.csv
-with columns `video_name,label` and labels 1..7 (see constants.CLASSES). Clip ids are normalised to
-integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip.
+with columns `video_name,label` and labels 1..7 (CLASSES, in this order). Clip ids are normalised to
+integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip (store id '1').
+Protocol: 5-fold cross-validation over the 11,697 single-labelled clips; fold k trains on
+train(single-labeled)/set_k.csv and tests on test(single-labeled)/set_k.csv.
+
+Sources: Jiang et al., "DFEW: A Large-Scale Database for Recognizing Dynamic Facial Expressions in the
+Wild", ACM MM 2020 (https://dfew-dataset.github.io), and the README shipped with the dataset; the
+split files as read by sunlicai/MAE-DFER preprocess/dfew.py (label order happy, sad, neutral, angry,
+surprise, disgust, fear). The module-level functions keep integer ids; the `Dfew` class serves the
+dataset protocol (store ids str(int)).
 """
 
 from __future__ import annotations
 
-import errno
-import logging
-from dataclasses import dataclass
+import csv
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import pandas as pd
-
-from dfew_mm.constants import CLASSES, NUM_CLASSES
+from dfew_mm.datasets import base
+from dfew_mm.datasets.base import (VIDEO_SUFFIXES, Dataset, Fold, SynthClip, bad_lines, is_clip_number,
+                                   split_frame, video_file_problem, warn_skipped)
 from dfew_mm.errors import DatasetError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import pandas as pd
+
+# DFEW classes in label order: the split CSVs use 1-based labels, the library uses 0-based indices.
+CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
+NUM_CLASSES = len(CLASSES)
 SPLIT_DIRNAME = "EmoLabel_DataSplit"
 TRAIN_DIR = "train(single-labeled)"
 TEST_DIR = "test(single-labeled)"
 CLIP_DIR = Path("Clip") / "original"
 FOLDS = (1, 2, 3, 4, 5)
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".mpg", ".mpeg", ".webm", ".gif", ".m4v")
 EXPECTED_LAYOUT = (
     "expected DFEW layout:\n"
     "  ROOT/Clip/original/<id>.mp4\n"
@@ -32,20 +42,6 @@ EXPECTED_LAYOUT = (
     f"  ROOT/{SPLIT_DIRNAME}/{TEST_DIR}/set_1.csv .. set_5.csv\n"
     "(CSV columns video_name,label; labels 1..7). Use --splits-dir if the split files live elsewhere."
 )
-
-
-@dataclass(frozen=True)
-class Fold:
-    """One DFEW fold. Frames are indexed by clip id (int) with a 0-based `label` column."""
-
-    k: int
-    train: pd.DataFrame
-    test: pd.DataFrame
-
-
-def is_clip_number(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() rejects or reads otherwise."""
-    return text.isascii() and text.isdigit()
 
 
 def normalise_clip_id(raw: object, source: str) -> int:
@@ -57,54 +53,28 @@ def normalise_clip_id(raw: object, source: str) -> int:
     return int(stem)
 
 
-def video_file_problem(path: Path) -> str:
-    """'' for a readable regular file (or a link to one), else why it is not a video to extract."""
-    try:
-        path.stat()
-    except OSError as err:
-        if path.is_symlink():
-            return "symlink loop" if err.errno == errno.ELOOP else "broken symlink"
-        return f"not readable ({err.strerror})"
-    if path.is_dir():
-        return "a directory"
-    if not path.is_file():
-        return "not a regular file"
-    return ""
-
-
-def warn_skipped(folder: Path, skipped: list[tuple[str, str]], shown: int = 10) -> None:
-    """One warning line naming the entries of a clip folder that were not taken as clips."""
-    if skipped:
-        names = ", ".join(f"{name} ({why})" for name, why in skipped[:shown])
-        more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
-        log.warning("%s: skipping %d entries that are not video files to extract: %s%s", folder, len(skipped),
-                    names, more)
-
-
 def read_split_csv(path: Path) -> pd.DataFrame:
     """Read one split CSV into a frame indexed by clip id with a 0-based `label` column."""
     if not path.is_file():
         raise DatasetError(f"missing split file {path}\n{EXPECTED_LAYOUT}")
     try:
-        raw = pd.read_csv(path, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [(n, [f.strip() for f in row]) for n, row in enumerate(csv.reader(handle), start=1)
+                    if any(f.strip() for f in row)]
+    except (UnicodeDecodeError, csv.Error) as err:
         raise DatasetError(f"{path}: not a readable CSV ({err})") from err
-    columns = [c.strip() for c in raw.columns]
+    if not rows:
+        raise DatasetError(f"{path}: not a readable CSV (empty file)")
+    columns = rows[0][1]
     if columns[:2] != ["video_name", "label"]:
         raise DatasetError(f"{path}: columns are {columns}, expected video_name,label")
-    raw.columns = columns
-    raw = raw.dropna(how="all")
-    ids = [normalise_clip_id(v, str(path)) for v in raw["video_name"]]
-    labels = pd.to_numeric(raw["label"].str.strip(), errors="coerce")
-    bad = raw.loc[~labels.isin(range(1, NUM_CLASSES + 1)), ["video_name", "label"]]
-    if len(bad):
-        shown = ", ".join(f"{v}={lab}" for v, lab in bad.head(5).itertuples(index=False))
-        raise DatasetError(f"{path}: {len(bad)} labels outside 1..{NUM_CLASSES} (e.g. {shown})")
-    frame = pd.DataFrame({"clip_id": ids, "label": labels.astype(int).to_numpy() - 1})
-    dup = frame["clip_id"][frame["clip_id"].duplicated()].unique()
-    if len(dup):
-        raise DatasetError(f"{path}: {len(dup)} clip ids listed twice (e.g. {', '.join(map(str, dup[:5]))})")
-    return frame.set_index("clip_id")
+    rows = [(n, fields + [""] * (2 - len(fields))) for n, fields in rows[1:]]
+    ids = [normalise_clip_id(fields[0], f"{path}, line {n}") for n, fields in rows]
+    bad = [(n, fields) for n, fields in rows if not (is_clip_number(fields[1]) and 1 <= int(fields[1]) <= NUM_CLASSES)]
+    if bad:
+        raise bad_lines(path, f"labels outside 1..{NUM_CLASSES}", [n for n, _ in bad],
+                        [f"{f[0]},{f[1]}" for _, f in bad], f"DFEW's labels are 1..{NUM_CLASSES} ({', '.join(CLASSES)})")
+    return split_frame(path, [n for n, _ in rows], ids, [int(fields[1]) - 1 for _, fields in rows])
 
 
 def splits_dir_for(dfew_root: Path | None, splits_dir: Path | None) -> Path:
@@ -168,17 +138,48 @@ def index_clip_files(clips_dir: Path) -> dict[int, Path]:
 
 def fold_summary(folds: list[Fold], clip_files: dict[int, Path] | None) -> pd.DataFrame:
     """Per fold and split: clip counts, class distribution, and how many have a video file."""
-    rows = []
-    for fold in folds:
-        for split, frame in (("train", fold.train), ("test", fold.test)):
-            counts = np.bincount(frame["label"], minlength=NUM_CLASSES)
-            row = {"fold": fold.k, "split": split, "clips": len(frame)}
-            row.update({name: int(c) for name, c in zip(CLASSES, counts)})
-            if clip_files is not None:
-                row["with_video"] = int(frame.index.isin(list(clip_files)).sum())
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return base.fold_summary(folds, CLASSES, clip_files)
 
 
 def unique_clips(folds: list[Fold]) -> pd.Index:
-    return pd.Index(sorted(set().union(*(set(f.train.index) | set(f.test.index) for f in folds))))
+    return base.unique_clips(folds)
+
+
+def _store_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_axis(frame.index.map(str))
+
+
+class Dfew(Dataset):
+    """The DFEW protocol over the functions above, with store ids str(int)."""
+
+    name = "dfew"
+    title = "DFEW"
+    classes = CLASSES
+    folds = FOLDS
+    clip_dir = str(CLIP_DIR)
+    frame_rate = 25.0
+    split_folder = SPLIT_DIRNAME
+    layout = EXPECTED_LAYOUT
+
+    def splits_base(self) -> Path:
+        return splits_dir_for(self.root, self.splits_dir)
+
+    def split_path(self, k: int, part: str) -> Path:
+        return Path(TRAIN_DIR if part == "train" else TEST_DIR) / f"set_{k}.csv"
+
+    def read_split(self, path: Path) -> pd.DataFrame:
+        return _store_ids(read_split_csv(path))
+
+    def fold(self, k: int) -> Fold:
+        fold = load_fold(k, self.root, self.splits_dir)
+        return Fold(k, _store_ids(fold.train), _store_ids(fold.test))
+
+    def clip_id(self, raw: object, where: str) -> str:
+        return str(normalise_clip_id(raw, where))
+
+    def format_split(self, rows: Sequence[tuple[str, int]]) -> str:
+        return "video_name,label\n" + "".join(f"{name},{label + 1}\n" for name, label in rows)
+
+    def synth_clip(self, number: int, label: int) -> SynthClip:
+        name = f"{number:05d}"
+        return SynthClip(name, CLIP_DIR / f"{name}.mp4", None)

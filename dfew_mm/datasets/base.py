@@ -1,0 +1,343 @@
+"""The dataset protocol: all that dfew_mm knows about one dataset is one `Dataset` subclass.
+
+A dataset is one file of this folder holding one `Dataset` subclass, plus its line in the registry
+(`__init__.py`); nothing outside them names a class or a folder of a dataset. The class says, for
+its name (`--dataset`, `data.dataset`):
+
+    classes      class names in the dataset's own label order (the library's 0-based label indices)
+    folds        the protocol: the folds of k-fold cross-validation, or (1,) for a fixed train/test split
+    layout       where the original clips (`clip_dir`, with their audio) and the face frames the dataset
+                 distributes (`face_sources`: face source name -> folder of per-clip frame folders) live
+                 under the root; `layout` describes it for error messages
+    split files  where fold k's train and test lists are (`split_folder`, `split_path`) and how one is
+                 read (`read_split`: clip id -> 0-based label; bad lines are errors naming file and line)
+    ids          how a clip's name in a split file, a file name or a folder becomes its store id
+                 (`clip_id`; store ids are strings that name files, so they hold no '/')
+    synthetic    how `dfew_mm synth` names a clip (`synth_clip`) and writes a split file (`format_split`)
+
+An instance is bound to one copy, `Dataset(root, splits_dir)` (`splits_dir` replaces the root's split
+folder). Reading a copy needs pandas only (imported where used: `dfew_mm --help` reads this registry):
+no torch, no model code.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+from dfew_mm.errors import DatasetError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PARTS = ("train", "test")  # the split files of a fold (validation is carved out of train when training)
+DETECT = "detect"  # the face source that runs dfew_mm's own face detector on the original clip
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".mpg", ".mpeg", ".webm", ".gif", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+SHOWN = 3  # offending lines quoted in an error message
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold of a protocol. Frames are indexed by clip id with a 0-based `label` column."""
+
+    k: int
+    train: pd.DataFrame
+    test: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class SynthClip:
+    """Where `dfew_mm synth` puts one clip of a dataset's layout (paths relative to the root)."""
+
+    name: str  # the clip as its split files list it
+    video: Path | None  # original clip (H.264 + AAC), None for a frames-only dataset
+    frames: Path | None  # folder of face-frame images, None where the dataset ships none
+
+
+# -- small helpers shared by the dataset files --------------------------------------------------
+def is_clip_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() rejects or reads otherwise."""
+    return text.isascii() and text.isdigit()
+
+
+def natural_key(clip_id: object) -> tuple[int, int, str]:
+    """Sort key of clip ids: numeric ids as numbers, before other ids as text."""
+    text = str(clip_id)
+    return (0, int(text), "") if is_clip_number(text) else (1, 0, text)
+
+
+def video_file_problem(path: Path) -> str:
+    """'' for a readable regular file (or a link to one), else why it is not a video to extract."""
+    try:
+        path.stat()
+    except OSError as err:
+        if path.is_symlink():
+            return "symlink loop" if err.errno == errno.ELOOP else "broken symlink"
+        return f"not readable ({err.strerror})"
+    if path.is_dir():
+        return "a directory"
+    if not path.is_file():
+        return "not a regular file"
+    return ""
+
+
+def warn_skipped(folder: Path, skipped: list[tuple[str, str]], shown: int = 10) -> None:
+    """One warning line naming the entries of a clip folder that were not taken as clips."""
+    if skipped:
+        names = ", ".join(f"{name} ({why})" for name, why in skipped[:shown])
+        more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        log.warning("%s: skipping %d entries that are not video files to extract: %s%s", folder, len(skipped),
+                    names, more)
+
+
+def bad_lines(path: Path, what: str, lines: Sequence[int], items: Sequence[str], fix: str = "") -> DatasetError:
+    """'PATH: 2 labels outside 1..7 (line 3: 1,8; line 9: 4,0)' and what to do, in one line."""
+    quoted = "; ".join(f"line {n}: {item}" for n, item in zip(lines[:SHOWN], items[:SHOWN]))
+    more = f"; and {len(lines) - SHOWN} more" if len(lines) > SHOWN else ""
+    return DatasetError(f"{path}: {len(lines)} {what} ({quoted}{more}){'; ' + fix if fix else ''}")
+
+
+def split_frame(path: Path, lines: Sequence[int], ids: Sequence[object], labels: Sequence[int]) -> pd.DataFrame:
+    """A split file's rows as a frame indexed by clip id with a 0-based `label`; a clip listed twice is an error."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"clip_id": list(ids), "label": np.asarray(labels, dtype=np.int64)})
+    twice = frame["clip_id"].duplicated(keep=False)
+    if twice.any():
+        dup = frame.loc[twice, "clip_id"]
+        firsts = dup.drop_duplicates()
+        shown = [f"{c} (lines {', '.join(str(lines[i]) for i in dup.index[dup == c])})" for c in firsts[:5]]
+        raise DatasetError(f"{path}: {len(firsts)} clip ids listed twice (e.g. {'; '.join(shown)})")
+    return frame.set_index("clip_id")
+
+
+def read_fields(path: Path, sep: str | None) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank line of a text split file; `sep` None splits on whitespace."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not a text split file ({err})") from None
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot be read ({err.strerror})") from None
+    return [(n, [f.strip() for f in line.split(sep)]) for n, line in enumerate(text.splitlines(), start=1)
+            if line.strip()]
+
+
+def class_indices(path: Path, title: str, classes: Sequence[str], lines: Sequence[int], names: Sequence[str],
+                  ids: Sequence[str]) -> list[int]:
+    """Class names as a split file writes them (any case) -> 0-based indices; unknown names are one error."""
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    unknown = [k for k, name in enumerate(names) if name.lower() not in index]
+    if unknown:
+        raise bad_lines(path, f"unknown class name{'s' if len(unknown) > 1 else ''}", [lines[k] for k in unknown],
+                        [f"{ids[k]} {names[k]!r}" for k in unknown], f"{title}'s classes are {', '.join(classes)}")
+    return [index[name.lower()] for name in names]
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The image files of one clip's frame folder in frame order: by the number in their name
+    (1.jpg .. 16.jpg, 000.jpg ..), then by name."""
+    def order(path: Path) -> tuple:
+        digits = "".join(ch for ch in path.stem if ch.isascii() and ch.isdigit())
+        return (int(digits) if digits else -1, path.name)
+
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=order)
+
+
+# -- the protocol ---------------------------------------------------------------------------------
+class Dataset:
+    """Base of every dataset; see the module docstring for the protocol."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]  # as the dataset writes its own name, for messages
+    classes: ClassVar[tuple[str, ...]]
+    folds: ClassVar[tuple[int, ...]]
+    clip_dir: ClassVar[str] = ""  # folder of original clips <id>.<ext> under the root; "": none distributed
+    face_sources: ClassVar[dict[str, str]] = {}  # distributed face frames: source name -> folder under the root
+    frame_rate: ClassVar[float] = 25.0  # nominal rate of the distributed frames (fps), for clips without an original
+    split_folder: ClassVar[str]  # where the split files live under the root (--splits-dir replaces it)
+    layout: ClassVar[str]  # the expected layout, shown with errors about a copy
+
+    def __init__(self, root: str | Path | None = None, splits_dir: str | Path | None = None):
+        self.root = Path(root) if root else None
+        self.splits_dir = Path(splits_dir) if splits_dir else None
+
+    # -- the protocol's description ---------------------------------------------------------------
+    @classmethod
+    def protocol(cls) -> str:
+        """'5-fold cross-validation' or 'a fixed train/test split'."""
+        return f"{len(cls.folds)}-fold cross-validation" if len(cls.folds) > 1 else "a fixed train/test split"
+
+    @classmethod
+    def folds_text(cls) -> str:
+        """'folds 1..5' or 'one fixed train/test split (fold 1)'."""
+        if len(cls.folds) == 1:
+            return f"one fixed train/test split (fold {cls.folds[0]})"
+        if list(cls.folds) == list(range(cls.folds[0], cls.folds[-1] + 1)):
+            return f"folds {cls.folds[0]}..{cls.folds[-1]}"
+        return f"folds {', '.join(map(str, cls.folds))}"
+
+    @classmethod
+    def check_fold(cls, k: int) -> None:
+        if k not in cls.folds:
+            raise DatasetError(f"fold {k} does not exist: {cls.title} has {cls.folds_text()}")
+
+    @classmethod
+    def default_face_source(cls) -> str:
+        """The project's detector on the original clips where the dataset ships them, else its first face frames."""
+        return DETECT if cls.clip_dir or not cls.face_sources else next(iter(cls.face_sources))
+
+    # -- split files -------------------------------------------------------------------------------
+    def split_path(self, k: int, part: str) -> Path:
+        """The split file of fold `k`'s `part` (train | test), relative to the split folder."""
+        raise NotImplementedError
+
+    def read_split(self, path: Path) -> pd.DataFrame:
+        """One split file -> frame indexed by clip id (str) with a 0-based `label`; DatasetError naming
+        the file and lines for anything it cannot take."""
+        raise NotImplementedError
+
+    def format_split(self, rows: Sequence[tuple[str, int]]) -> str:
+        """The text of a split file listing (clip name, 0-based label) rows (for `dfew_mm synth`)."""
+        raise NotImplementedError
+
+    def splits_base(self) -> Path:
+        """The split folder: --splits-dir (the folder itself or its parent), else the root's."""
+        if self.splits_dir is not None:
+            base = self.splits_dir / self.split_folder if (self.splits_dir / self.split_folder).is_dir() \
+                else self.splits_dir
+        elif self.root is not None:
+            base = self.root / self.split_folder
+        else:
+            raise DatasetError(f"give the {self.title} root (--root) or its split folder (--splits-dir)")
+        if not base.is_dir():
+            raise DatasetError(f"split folder {base} does not exist\n{self.layout}")
+        return base
+
+    def fold(self, k: int) -> Fold:
+        self.check_fold(k)
+        base = self.splits_base()
+        paths = {part: base / self.split_path(k, part) for part in PARTS}
+        frames = {}
+        for part, path in paths.items():
+            if not path.is_file():
+                raise DatasetError(f"missing split file {path}\n{self.layout}")
+            frames[part] = self.read_split(path)
+        overlap = frames["train"].index.intersection(frames["test"].index)
+        if len(overlap):
+            raise DatasetError(
+                f"fold {k}: {len(overlap)} clips are in both {paths['train'].name} (train) and "
+                f"{paths['test'].name} (test), e.g. {', '.join(map(str, overlap[:5]))}; the split files are corrupt")
+        return Fold(k, frames["train"], frames["test"])
+
+    def load_folds(self, ks: Sequence[int] | None = None) -> list[Fold]:
+        """The folds `ks` (default: all); in k-fold cross-validation every fold must list the same clips."""
+        folds = [self.fold(k) for k in (ks or self.folds)]
+        listed = {f.k: set(f.train.index) | set(f.test.index) for f in folds}
+        everyone = set().union(*listed.values()) if listed else set()
+        for fold in folds:
+            absent = sorted(everyone - listed[fold.k], key=natural_key)
+            if absent:
+                where = next(f for f in folds if absent[0] in listed[f.k])
+                part = "train" if absent[0] in where.train.index else "test"
+                raise DatasetError(
+                    f"fold {fold.k}: {len(absent)} clips of other folds are in no split of fold {fold.k} "
+                    f"(e.g. clip {absent[0]}, listed in {self.splits_base() / self.split_path(where.k, part)}); "
+                    f"every fold of {self.title}'s {self.protocol()} lists the same clips")
+        return folds
+
+    # -- clips and frames on disk ------------------------------------------------------------------
+    def clip_id(self, raw: object, where: str) -> str:
+        """A clip's name -> its store id: '00042', '42' and '42.mp4' all become '42'."""
+        text = str(raw).strip()
+        stem = Path(text).stem if Path(text).suffix.lower() in VIDEO_SUFFIXES else text
+        if not is_clip_number(stem):
+            raise DatasetError(f"{where}: clip name '{raw}' is not a {self.title} clip number")
+        return str(int(stem))
+
+    def clip_files(self) -> dict[str, Path]:
+        """Clip id -> original clip file under `clip_dir`; {} for a dataset that ships none."""
+        if not self.clip_dir:
+            return {}
+        if self.root is None:
+            raise DatasetError(f"give the {self.title} root (--root) to find its clips")
+        folder = self.root / self.clip_dir
+        if not folder.is_dir():
+            raise DatasetError(f"clip folder {folder} does not exist\n{self.layout}")
+        index: dict[str, Path] = {}
+        skipped: list[tuple[str, str]] = []
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in VIDEO_SUFFIXES:
+                continue
+            problem = video_file_problem(path)
+            try:
+                clip = self.clip_id(path.name, str(folder))
+            except DatasetError:
+                problem = "not named by a clip number"
+            if problem:
+                skipped.append((path.name, problem))
+                continue
+            if clip in index:
+                raise DatasetError(f"{folder}: clip {clip} exists twice ({index[clip].name}, {path.name})")
+            index[clip] = path
+        warn_skipped(folder, skipped)
+        return index
+
+    def frame_folders(self, source: str) -> dict[str, Path]:
+        """Clip id -> folder of its face frames from face source `source`."""
+        folder = self.face_root(source)
+        return {self.clip_id(path.name, str(folder)): path for path in sorted(folder.iterdir()) if path.is_dir()}
+
+    def face_root(self, source: str) -> Path:
+        """The folder of per-clip frame folders of face source `source` (checked)."""
+        if source not in self.face_sources:
+            valid = ", ".join([*([DETECT] if self.clip_dir else []), *self.face_sources])
+            raise DatasetError(f"face source {source!r} is not one of {self.title}'s: {valid}")
+        if self.root is None:
+            raise DatasetError(f"give the {self.title} root (--root) to find its face frames")
+        folder = self.root / self.face_sources[source]
+        if not folder.is_dir():
+            raise DatasetError(f"face frame folder {folder} does not exist\n{self.layout}")
+        return folder
+
+    def clips(self, face_source: str) -> dict[str, Path]:
+        """What extraction reads per clip id: the original clip (face source `detect`) or the clip's frame folder."""
+        return self.clip_files() if face_source == DETECT else self.frame_folders(face_source)
+
+    # -- synthetic copies (dfew_mm synth) ------------------------------------------------------------
+    def synth_clip(self, number: int, label: int) -> SynthClip:
+        """Name and files of synthetic clip `number` (1-based) of class `label` in this layout."""
+        raise NotImplementedError
+
+
+def fold_summary(folds: Sequence[Fold], classes: Sequence[str], clip_files: dict | None = None,
+                 frame_folders: dict | None = None) -> pd.DataFrame:
+    """Per fold and split: clip counts, class distribution, and how many have a clip file / face frames."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for fold in folds:
+        for split, frame in (("train", fold.train), ("test", fold.test)):
+            counts = np.bincount(frame["label"], minlength=len(classes))
+            row = {"fold": fold.k, "split": split, "clips": len(frame)}
+            row.update({name: int(c) for name, c in zip(classes, counts)})
+            if clip_files is not None:
+                row["with_video"] = int(frame.index.isin(list(clip_files)).sum())
+            if frame_folders is not None:
+                row["with_frames"] = int(frame.index.isin(list(frame_folders)).sum())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def unique_clips(folds: Sequence[Fold]) -> pd.Index:
+    import pandas as pd
+
+    return pd.Index(sorted(set().union(*(set(f.train.index) | set(f.test.index) for f in folds)), key=natural_key))
