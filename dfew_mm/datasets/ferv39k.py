@@ -15,7 +15,8 @@ Videos", CVPR 2022 (https://wangyanckxx.github.io/Proj_CVPR2022_FERV39k.html, gi
 38,935 clips, 22 scenes, 7 classes, train/test 31,088/7,847. Files, line format and class order
 (Happy, Sad, Neutral, Angry, Surprise, Disgust, Fear) as read by sunlicai/MAE-DFER preprocess/ferv39k.py
 (`4_setups/All_scenes/{train,test}_All.csv`, frames in `2_ClipsforFaceCrop`); the per-clip folder
-depth `<scene>/<class>/<clip>` as in public FERV39k loaders (lines such as `Action/Sad/0010 Sad`).
+depth `<scene>/<class>/<clip>` as in the lists MAE-DFER ships (saved/data/ferv39k/all_scenes: 31,088 and
+7,847 clips, e.g. `Crime/Angry/0063`) and in public FERV39k loaders (lines such as `Action/Sad/0010 Sad`).
 """
 
 from __future__ import annotations
