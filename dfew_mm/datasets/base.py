@@ -103,6 +103,17 @@ def bad_lines(path: Path, what: str, lines: Sequence[int], items: Sequence[str],
     return DatasetError(f"{path}: {len(lines)} {what} ({quoted}{more}){'; ' + fix if fix else ''}")
 
 
+def clip_ids(path: Path, lines: Sequence[int], names: Sequence[str], clip_id) -> list:
+    """A split file's clip names -> ids by `clip_id(name, where)`; a name it refuses is an error naming the line."""
+    ids = []
+    for line, name in zip(lines, names):
+        try:
+            ids.append(clip_id(name, str(path)))
+        except DatasetError as err:
+            raise DatasetError(f"{err} (line {line})") from None
+    return ids
+
+
 def split_frame(path: Path, lines: Sequence[int], ids: Sequence[object], labels: Sequence[int]) -> pd.DataFrame:
     """A split file's rows as a frame indexed by clip id with a 0-based `label`; a clip listed twice is an error."""
     import numpy as np

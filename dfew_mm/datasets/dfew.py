@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from dfew_mm.datasets import base
-from dfew_mm.datasets.base import (VIDEO_SUFFIXES, Dataset, Fold, SynthClip, bad_lines, is_clip_number,
+from dfew_mm.datasets.base import (VIDEO_SUFFIXES, Dataset, Fold, SynthClip, bad_lines, clip_ids, is_clip_number,
                                    split_frame, video_file_problem, warn_skipped)
 from dfew_mm.errors import DatasetError
 
@@ -69,7 +69,7 @@ def read_split_csv(path: Path) -> pd.DataFrame:
     if columns[:2] != ["video_name", "label"]:
         raise DatasetError(f"{path}: columns are {columns}, expected video_name,label")
     rows = [(n, fields + [""] * (2 - len(fields))) for n, fields in rows[1:]]
-    ids = [normalise_clip_id(fields[0], f"{path}, line {n}") for n, fields in rows]
+    ids = clip_ids(path, [n for n, _ in rows], [fields[0] for _, fields in rows], normalise_clip_id)
     bad = [(n, fields) for n, fields in rows if not (is_clip_number(fields[1]) and 1 <= int(fields[1]) <= NUM_CLASSES)]
     if bad:
         raise bad_lines(path, f"labels outside 1..{NUM_CLASSES}", [n for n, _ in bad],

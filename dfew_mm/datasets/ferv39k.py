@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from dfew_mm.datasets.base import Dataset, SynthClip, bad_lines, class_indices, read_fields, split_frame
+from dfew_mm.datasets.base import Dataset, SynthClip, bad_lines, class_indices, clip_ids, read_fields, split_frame
 from dfew_mm.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Ferv39k(Dataset):
             raise bad_lines(path, "lines without a class", [n for n, _ in short], [" ".join(f) for _, f in short],
                             "each line is '<scene>/<class>/<clip> <Class>'")
         lines = [n for n, _ in rows]
-        ids = [self.clip_id(f[0], f"{path}, line {n}") for n, f in rows]
+        ids = clip_ids(path, lines, [f[0] for _, f in rows], self.clip_id)
         labels = class_indices(path, self.title, self.classes, lines, [f[1] for _, f in rows], [f[0] for _, f in rows])
         return split_frame(path, lines, ids, labels)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from dfew_mm.datasets.base import Dataset, SynthClip, bad_lines, class_indices, read_fields, split_frame
+from dfew_mm.datasets.base import Dataset, SynthClip, bad_lines, class_indices, clip_ids, read_fields, split_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,7 +60,7 @@ class Mafw(Dataset):
             raise bad_lines(path, "lines without a class", [n for n, _ in short], [" ".join(f) for _, f in short],
                             "each line is '<id>.mp4 <class>'")
         lines = [n for n, _ in rows]
-        ids = [self.clip_id(f[0], f"{path}, line {n}") for n, f in rows]
+        ids = clip_ids(path, lines, [f[0] for _, f in rows], self.clip_id)
         labels = class_indices(path, self.title, self.classes, lines, [f[1] for _, f in rows], [f[0] for _, f in rows])
         return split_frame(path, lines, ids, labels)
 
