@@ -72,7 +72,8 @@ def _add_folds(sub) -> None:
     p = _parser(sub, "folds", "Validate a DFEW copy and print per-fold clip counts and class distribution.",
                 "dfew_mm folds --dfew-root /data/DFEW",
                 "dfew_mm folds --splits-dir ../shared/data/dfew_splits")
-    p.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/ and EmoLabel_DataSplit/")
+    p.add_argument("--dfew-root", type=Path,
+                   help="DFEW root with EmoLabel_DataSplit/ and Clip/original/ and/or DFEW's face frame folders")
     p.add_argument("--splits-dir", type=Path, help="folder with the split CSVs, if not under the root")
     p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
 
@@ -80,20 +81,25 @@ def _add_folds(sub) -> None:
 def _run_folds(args) -> int:
     import pandas as pd
 
-    from dfew_mm.data.dfew import CLIP_DIR, fold_summary, index_clip_files, load_folds, unique_clips
+    from dfew_mm.data.dfew import CLIP_DIR, FACE_SOURCES, clip_sources, fold_summary, load_folds, unique_clips
 
     folds = load_folds(args.dfew_root, args.splits_dir, args.folds)
-    clip_files = None
+    clip_files, face_frames = None, {}
     if args.dfew_root is not None:
-        clip_files = index_clip_files(args.dfew_root / CLIP_DIR)
-    table = fold_summary(folds, clip_files)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        clip_files, face_frames = clip_sources(args.dfew_root)
+    table = fold_summary(folds, {} if clip_files is None and face_frames else clip_files, face_frames)
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(table.to_string(index=False))
     ids = unique_clips(folds)
     print(f"\n{len(folds)} folds over {len(ids):,} unique clips")
-    if clip_files is not None:
-        have = int(ids.isin(list(clip_files)).sum())
-        print(f"{have:,} of {len(ids):,} listed clips have a video file under {args.dfew_root / CLIP_DIR}")
+    if args.dfew_root is not None:
+        have = int(ids.isin(list(clip_files or {})).sum())
+        where = "" if clip_files is not None else " (no such folder: pose and audio need the originals)"
+        print(f"{have:,} of {len(ids):,} listed clips have a video file under {args.dfew_root / CLIP_DIR}{where}")
+        for name, folders in face_frames.items():
+            have = int(ids.isin(list(folders)).sum())
+            print(f"{have:,} of {len(ids):,} listed clips have face frames under "
+                  f"{args.dfew_root / FACE_SOURCES[name].folder} (--face-source {name})")
     return 0
 
 
@@ -105,7 +111,8 @@ def _add_synth(sub) -> None:
     p = _parser(sub, "synth", "Write a synthetic dataset in the exact DFEW layout (H.264 + AAC clips, split CSVs).",
                 "dfew_mm synth --out /tmp/synth --clips 60",
                 "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1",
-                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label")
+                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label",
+                "dfew_mm synth --out /tmp/frames_only --clips 60 --face-frames --no-originals   # DFEW's face frames")
     p.add_argument("--out", type=Path, required=True, help="folder to create (DFEW root layout)")
     p.add_argument("--clips", type=int, default=defaults.clips, help="number of clips (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
@@ -116,6 +123,12 @@ def _add_synth(sub) -> None:
                    help="modalities that carry the label, any of face,pose,audio; the others show a random class "
                         "per clip (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="parallel encoder processes (default %(default)s)")
+    p.add_argument("--face-frames", action=argparse.BooleanOptionalAction, default=defaults.face_frames,
+                   help="also write DFEW's face frame folders Clip/clip_224x224/<id>/ (every frame) and "
+                        "Clip/clip_224x224_16f/<id>/ (16 frames) (default %(default)s)")
+    p.add_argument("--originals", action=argparse.BooleanOptionalAction, default=defaults.originals,
+                   help="write Clip/original/<id>.mp4; --no-originals with --face-frames gives a copy of face "
+                        "frames and split files only (default %(default)s)")
 
 
 def _run_synth(args) -> int:
@@ -124,7 +137,7 @@ def _run_synth(args) -> int:
     _check_numbers(args, ["seconds"], clips=(1, None), workers=(1, None), dark_share=(0, 1))
 
     cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds,
-                      cues=args.cues)
+                      cues=args.cues, face_frames=args.face_frames, originals=args.originals)
     summary = generate_dataset(args.out, cfg, workers=args.workers)
     print(f"wrote {summary['clips']} clips ({summary['dark']} low-light; label shown by {'+'.join(cfg.cues)}) "
           f"to {args.out}")
@@ -218,12 +231,19 @@ def _add_extract(sub) -> None:
     p = _parser(sub, "extract", "Extract face crops, body pose, audio fbank and quality stats into a feature store.",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --workers 8",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --shard 0/16   # one job of an array",
+                "dfew_mm extract --dfew-root /data/DFEW --out features_16f --face-source clip_224x224_16f",
                 "dfew_mm extract --clips-dir my_videos --out my_features --assets-dir mediapipe_models",
                 "dfew_mm extract --dfew-root /data/DFEW --out features_dark0.5 --split test --fold 1 --darken 0.5")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/<id>.mp4 (ids become '42')")
+    src.add_argument("--dfew-root", type=Path,
+                     help="DFEW root with Clip/original/<id>.mp4 and/or face frames (ids become '42')")
     src.add_argument("--clips-dir", type=Path, help="any folder of videos (ids are the file stems)")
     p.add_argument("--out", type=Path, required=True, help="feature store folder (created; resumed if present)")
+    p.add_argument("--face-source", default=defaults.face_source, metavar="SOURCE",
+                   help="where faces come from: 'detect' runs the face detector on Clip/original (default); the name "
+                        "of a face frame folder the dataset distributes (DFEW: clip_224x224, every frame, or "
+                        "clip_224x224_16f, 16 frames) reads those frames instead, pose and audio still from the "
+                        "original where there is one (docs/face_sources.md)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, one per core (default 1)")
     p.add_argument("--frames", type=int, default=defaults.frames,
                    help="frames T sampled uniformly per clip (default %(default)s)")
@@ -277,7 +297,7 @@ def _run_extract(args) -> int:
         shard = parse_shard(args.shard) if args.shard else None
         options = ExtractOptions(frames=args.frames, face_size=args.face_size, face_model=args.face_model,
                                  pose_model=args.pose_model, blendshapes=args.blendshapes, darken=args.darken,
-                                 darken_seed=args.darken_seed)
+                                 darken_seed=args.darken_seed, face_source=args.face_source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -290,7 +310,11 @@ def _run_extract(args) -> int:
     if args.split:
         split_ids = split_clip_ids(args.fold, args.split, args.dfew_root, args.splits_dir)
         split_name = f"fold {args.fold}'s {args.split} split"
-    clips = select_clips(list_clips(args.dfew_root, args.clips_dir), args.ids, shard, args.limit,
+    if args.dfew_root is not None:
+        from dfew_mm.data.dfew import face_source
+
+        face_source(args.face_source)  # an unknown name lists the valid ones
+    clips = select_clips(list_clips(args.dfew_root, args.clips_dir, args.face_source), args.ids, shard, args.limit,
                          dfew_ids=args.dfew_root is not None, split_ids=split_ids, split_name=split_name)
     if not clips:
         where = f" in {split_name}" if args.split else ""
@@ -378,16 +402,21 @@ def _run_train(args) -> int:
 def _add_cv(sub) -> None:
     p = _parser(sub, "cv", "Run the DFEW 5-fold protocol and write a per-fold and mean ± std table of UAR and WAR.",
                 "dfew_mm cv --config default --folds 1-5 --out runs/cv_all",
-                "dfew_mm cv --config tiny --folds 1,2 --modalities pose,audio --out runs/cv_tiny")
+                "dfew_mm cv --config tiny --folds 1,2 --modalities pose,audio --out runs/cv_tiny",
+                "dfew_mm cv --config default --folds 1-5 --out runs/cv_all --best-test-epoch   # + the papers' protocol")
     _add_experiment_args(p)
     p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
     p.add_argument("--out", required=True, help="folder for fold_k/ runs and cv_summary.{csv,txt}")
+    p.add_argument("--best-test-epoch", action="store_true",
+                   help="also evaluate the test fold after every epoch and report, labelled optimistic, the UAR/WAR "
+                        "of the epoch best on the test fold (what many DFEW papers report) beside the honest "
+                        "figure of the checkpoint chosen on validation; selection and training are unchanged")
 
 
 def _run_cv(args) -> int:
     from dfew_mm.cv import cross_validate, format_summary
 
-    table = cross_validate(_experiment_config(args), args.folds, args.out)
+    table = cross_validate(_experiment_config(args), args.folds, args.out, best_test_epoch=args.best_test_epoch)
     if not _finish_distributed():
         return 0
     print(format_summary(table))

@@ -43,6 +43,7 @@ def extraction_options(cfg):
     """
     from dataclasses import fields
 
+    from dfew_mm.constants import FACE_SOURCE_DETECT
     from dfew_mm.data.store import SETTINGS_FILE
     from dfew_mm.extract.options import ExtractOptions
     from dfew_mm.models.encoders import ENCODERS
@@ -53,7 +54,10 @@ def extraction_options(cfg):
         names = {f.name for f in fields(ExtractOptions)}
         if saved.get("darken"):  # a simulation for experiments: real clips are predicted as they are
             log.info("the training store was darkened at extraction (--darken %g); new clips are not", saved["darken"])
-        return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k != "darken"})
+        if saved.get("face_source", FACE_SOURCE_DETECT) != FACE_SOURCE_DETECT:  # new clips come without them
+            log.warning("the model was trained on a dataset's face frames (%s); the faces of new clips are detected "
+                        "and cropped by dfew_mm, which frames them differently", saved["face_source"])
+        return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k not in ("darken", "face_source")})
     log.info("training store settings not found (%s); extracting with defaults, %d frames, %d px faces",
              settings, cfg.data.frames, cfg.data.face_size)
     switches = {ENCODERS[m].extract_option: True for m in cfg.model.modalities if ENCODERS[m].extract_option}

@@ -32,6 +32,11 @@ HEAD_HEIGHT = 40  # px; the whole body spans ~8 head heights, so hips and knees 
 FPS = 24
 AUDIO_RATE = 44_100  # Hz, like the DFEW originals
 N_FOLDS = 5
+# Face frame folders like DFEW's: square crops of this side around the face (the face box's longer side
+# x (1 + margin)), and the number of frames in the sparse folder.
+FACE_FRAME_SIZE = 224  # px
+FACE_FRAME_MARGIN = 0.3
+SPARSE_FACE_FRAMES = 16
 CUES = ("face", "pose", "audio")  # the modalities that can carry the label
 
 # Per-class cue parameters. Face: mouth curve (+ smile), mouth open (0..1), brow tilt
@@ -77,9 +82,13 @@ class SynthConfig:
     dark_noise: float = 7.0  # sensor noise std in 0..255 after the gain
     # modalities whose cue shows the label (a subset of CUES); the others show a random class per clip
     cues: tuple[str, ...] = CUES
+    face_frames: bool = False  # also write DFEW's face frame folders (Clip/clip_224x224[_16f]/<id>/<n>.jpg)
+    originals: bool = True  # write Clip/original/<id>.mp4 (False: face frames and split files only)
 
     def __post_init__(self):
         object.__setattr__(self, "cues", parse_cues(self.cues))
+        if not (self.originals or self.face_frames):
+            raise ConfigError("a synthetic copy needs its original clips, its face frames or both")
 
 
 def parse_cues(cues: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -129,9 +138,10 @@ def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
 
 # -- drawing ---------------------------------------------------------------------------------
 def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
-                 t: float) -> None:
+                 t: float) -> tuple[float, float, float, float]:
     """One frame of a standing person, sized in head heights `u`; `s` scales the cues, `t` (0..1)
-    animates them. Full-body proportions (hips and knees in frame) are what BlazePose expects."""
+    animates them. Full-body proportions (hips and knees in frame) are what BlazePose expects.
+    Returns the face's box x1, y1, x2, y2 in px."""
     u = HEAD_HEIGHT * look["scale"]
     k = u / 68  # facial strokes were designed on a 68 px head
     cx = WIDTH / 2 + look["dx"] + 0.1 * u * math.sin(2 * math.pi * 1.4 * t)
@@ -193,6 +203,7 @@ def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
         draw.polygon(pts + lower, fill=(90, 30, 35), outline=feature)
     else:
         draw.line(pts, fill=feature, width=max(2, round(3 * k)))
+    return head[0] - hw, head[1] - hh, head[0] + hw, head[1] + hh
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -205,6 +216,11 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one clip."""
+    return render_clip(spec, cfg)[0]
+
+
+def render_clip(spec: ClipSpec, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) uint8 frames of one clip and (T, 4) float32 face boxes x1, y1, x2, y2 in px."""
     from PIL import Image, ImageDraw  # local, like av and pandas below: `dfew_mm --help` reads SynthConfig
 
     rng = np.random.default_rng(spec.seed)
@@ -221,16 +237,17 @@ def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
     n = max(1, round(cfg.seconds * FPS))
     gain = rng.uniform(*cfg.dark_gain)
     frames = np.empty((n, HEIGHT, WIDTH, 3), np.uint8)
+    boxes = np.empty((n, 4), np.float32)
     for i in range(n):
         image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-        _draw_person(ImageDraw.Draw(image), look, face, pose, spec.strength, i / max(n - 1, 1))
+        boxes[i] = _draw_person(ImageDraw.Draw(image), look, face, pose, spec.strength, i / max(n - 1, 1))
         pixels = np.asarray(image, np.float32)
         if spec.dark:  # low light: exposure gain, a gamma lift, then sensor noise
             pixels = 255 * (gain * pixels / 255) ** 1.1 + rng.normal(0, cfg.dark_noise, pixels.shape)
         else:
             pixels += rng.normal(0, 2.0, pixels.shape)
         frames[i] = np.clip(pixels, 0, 255).astype(np.uint8)
-    return frames
+    return frames, boxes
 
 
 def render_audio(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
@@ -300,9 +317,41 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def write_face_frames(root: Path, clip_id: int, frames: np.ndarray, boxes: np.ndarray) -> None:
+    """DFEW's face frame folders of one clip: FACE_FRAME_SIZE px crops around the face as JPEGs, every frame
+    in Clip/clip_224x224/<id>/1.jpg .. and 16 spread over the clip in Clip/clip_224x224_16f/<id>/1.jpg .. 16.jpg;
+    each folder written under a temporary name, then renamed."""
+    import shutil
+
+    from PIL import Image
+
+    from dfew_mm.data.dfew import FACE_SOURCES
+    from dfew_mm.extract.decode import sample_indices
+    from dfew_mm.extract.face import crop_faces
+
+    scale = np.array([WIDTH, HEIGHT, WIDTH, HEIGHT], np.float32)
+    faces = crop_faces(frames, boxes / scale, FACE_FRAME_SIZE, FACE_FRAME_MARGIN)  # (T, 224, 224, 3)
+    for source in FACE_SOURCES.values():
+        chosen = np.arange(len(faces)) if source.full_rate else sample_indices(len(faces), SPARSE_FACE_FRAMES)
+        folder = root / source.folder / f"{clip_id:05d}"
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for number, i in enumerate(chosen, start=1):
+            Image.fromarray(faces[i]).save(tmp / f"{number}.jpg", quality=95)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+
 def _make_clip(args: tuple[ClipSpec, SynthConfig, Path]) -> None:
-    spec, cfg, clip_dir = args
-    write_clip(clip_dir / f"{spec.clip_id:05d}.mp4", render_frames(spec, cfg), render_audio(spec, cfg))
+    from dfew_mm.data.dfew import CLIP_DIR
+
+    spec, cfg, root = args
+    frames, boxes = render_clip(spec, cfg)
+    if cfg.originals:
+        write_clip(root / CLIP_DIR / f"{spec.clip_id:05d}.mp4", frames, render_audio(spec, cfg))
+    if cfg.face_frames:
+        write_face_frames(root, spec.clip_id, frames, boxes)
 
 
 def write_splits(root: Path, specs: list[ClipSpec], seed: int) -> None:
@@ -355,16 +404,17 @@ def write_holdout_split(folder: str | Path, truth, test_share: float, seed: int)
 
 
 def generate_dataset(root: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
-    """Write clips, split files and `synth_truth.csv` (what each modality shows) under root."""
+    """Write clips (and/or their face frames), split files and `synth_truth.csv` (what each modality shows)
+    under root."""
     import pandas as pd
 
     from dfew_mm.data.dfew import CLIP_DIR
 
     root = Path(root)
-    clip_dir = root / CLIP_DIR
-    clip_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.originals:
+        (root / CLIP_DIR).mkdir(parents=True, exist_ok=True)
     specs = plan_clips(cfg)
-    jobs = [(s, cfg, clip_dir) for s in specs]
+    jobs = [(s, cfg, root) for s in specs]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_make_clip, jobs))

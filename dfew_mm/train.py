@@ -33,7 +33,7 @@ from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
 from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
-from dfew_mm.data.splits import fold_splits
+from dfew_mm.data.splits import check_originals, fold_splits
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
@@ -182,6 +182,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
 
     store = FeatureStore(cfg.data.store)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
+    check_originals(store, [*splits.train.ids, *splits.val.ids, *splits.test.ids], cfg.model, cfg.model.modalities,
+                    f"fold {cfg.data.fold}")
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is None:  # before the first epoch: faces large enough, the waveform there if read
         check_store_fits(cfg.model, cfg.data.face_size, store.array_shapes(splits.train.ids[0]))

@@ -1,8 +1,11 @@
-"""The DFEW protocol: split files, 5 folds, clip file index, and their validation.
+"""The DFEW protocol: split files, 5 folds, clip file index, face frame folders, and their validation.
 
 Layout: ROOT/Clip/original/<id>.mp4 and ROOT/EmoLabel_DataSplit/{train,test}(single-labeled)/set_k.csv
 with columns `video_name,label` and labels 1..7 (see constants.CLASSES). Clip ids are normalised to
-integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip.
+integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip. DFEW also distributes
+face frames (FACE_SOURCES): every frame of a clip, ROOT/Clip/clip_224x224/<id>/1.jpg ..., and 16
+frames spread over it, ROOT/Clip/clip_224x224_16f/<id>/1.jpg .. 16.jpg; some copies hold only those
+and the split files, without Clip/original.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import CLASSES, NUM_CLASSES
+from dfew_mm.constants import CLASSES, FACE_SOURCE_DETECT, NUM_CLASSES
+from dfew_mm.data.frame_folders import FrameFolders, index_frame_folders
 from dfew_mm.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -24,10 +28,17 @@ TRAIN_DIR = "train(single-labeled)"
 TEST_DIR = "test(single-labeled)"
 CLIP_DIR = Path("Clip") / "original"
 FOLDS = (1, 2, 3, 4, 5)
+# The originals run at 23.976 to 25 fps; without one, full-rate face frames are timed at this rate.
+NOMINAL_FPS = 24.0
+FACE_SOURCES = {source.name: source for source in (
+    FrameFolders("clip_224x224", Path("Clip") / "clip_224x224", full_rate=True, fps=NOMINAL_FPS, dataset="DFEW"),
+    FrameFolders("clip_224x224_16f", Path("Clip") / "clip_224x224_16f", full_rate=False, fps=NOMINAL_FPS,
+                 dataset="DFEW"),
+)}
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".mpg", ".mpeg", ".webm", ".gif", ".m4v")
 EXPECTED_LAYOUT = (
     "expected DFEW layout:\n"
-    "  ROOT/Clip/original/<id>.mp4\n"
+    "  ROOT/Clip/original/<id>.mp4 (and/or face frames ROOT/Clip/clip_224x224[_16f]/<id>/1.jpg ...)\n"
     f"  ROOT/{SPLIT_DIRNAME}/{TRAIN_DIR}/set_1.csv .. set_5.csv\n"
     f"  ROOT/{SPLIT_DIRNAME}/{TEST_DIR}/set_1.csv .. set_5.csv\n"
     "(CSV columns video_name,label; labels 1..7). Use --splits-dir if the split files live elsewhere."
@@ -166,8 +177,41 @@ def index_clip_files(clips_dir: Path) -> dict[int, Path]:
     return index
 
 
-def fold_summary(folds: list[Fold], clip_files: dict[int, Path] | None) -> pd.DataFrame:
-    """Per fold and split: clip counts, class distribution, and how many have a video file."""
+def face_source(name: str) -> FrameFolders | None:
+    """The face frame folder named `name`; None for `detect` (faces detected in the originals)."""
+    if name == FACE_SOURCE_DETECT:
+        return None
+    if name not in FACE_SOURCES:
+        raise DatasetError(f"unknown face source '{name}': choose one of {', '.join([FACE_SOURCE_DETECT, *FACE_SOURCES])}")
+    return FACE_SOURCES[name]
+
+
+def _frame_folder_id(name: str) -> int | None:
+    return int(name) if is_clip_number(name) else None
+
+
+def index_face_frames(dfew_root: Path, source: FrameFolders) -> dict[int, Path]:
+    """clip id -> its folder of face frames in `source` ({} when the copy does not have that folder)."""
+    return index_frame_folders(Path(dfew_root) / source.folder, _frame_folder_id)  # type: ignore[return-value]
+
+
+def clip_sources(dfew_root: Path) -> tuple[dict[int, Path] | None, dict[str, dict[int, Path]]]:
+    """(clip id -> original video, None without Clip/original; face source -> clip id -> frame folder,
+    for the face frame folders this copy has). DatasetError when it has neither."""
+    root = Path(dfew_root)
+    frames = {name: index_face_frames(root, s) for name, s in FACE_SOURCES.items() if (root / s.folder).is_dir()}
+    if not (root / CLIP_DIR).is_dir():
+        if not frames:
+            raise DatasetError(f"clip folder {root / CLIP_DIR} does not exist, nor any face frame folder\n"
+                               f"{EXPECTED_LAYOUT}")
+        return None, frames
+    return index_clip_files(root / CLIP_DIR), frames
+
+
+def fold_summary(folds: list[Fold], clip_files: dict[int, Path] | None,
+                 face_frames: dict[str, dict[int, Path]] | None = None) -> pd.DataFrame:
+    """Per fold and split: clip counts, class distribution, how many have a video file (`with_video`)
+    and how many have face frames in each of `face_frames` (`with_<source>`)."""
     rows = []
     for fold in folds:
         for split, frame in (("train", fold.train), ("test", fold.test)):
@@ -176,6 +220,8 @@ def fold_summary(folds: list[Fold], clip_files: dict[int, Path] | None) -> pd.Da
             row.update({name: int(c) for name, c in zip(CLASSES, counts)})
             if clip_files is not None:
                 row["with_video"] = int(frame.index.isin(list(clip_files)).sum())
+            for name, folders in (face_frames or {}).items():
+                row[f"with_{name}"] = int(frame.index.isin(list(folders)).sum())
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -5,7 +5,8 @@ only used once training is complete. Every clip of the fold is checked before an
 (a manifest row with status ok, a clip file of the recorded size whose zip directory reads).
 Clips missing from the store, failed in extraction or with unreadable files stop the run with
 the list and the repair, unless `allow_missing` is set, in which case they are listed in
-`FoldSplits.excluded`.
+`FoldSplits.excluded`. Clips extracted from a dataset's face frames without their original video
+hold faces only: `check_originals` stops modalities that read pose or audio before they start.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from dfew_mm.config import DataConfig
 from dfew_mm.data.dfew import load_fold
-from dfew_mm.data.store import FeatureStore
+from dfew_mm.data.store import ORIGINAL_ARRAYS, FeatureStore
 from dfew_mm.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -131,3 +132,35 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
     pick = lambda mask: Split([i for i, m in zip(train.ids, mask) if m], train.labels[mask])  # noqa: E731
     return FoldSplits(pick(~is_val), pick(is_val), kept["test"],
                       pd.DataFrame(excluded, columns=["clip_id", "split", "reason"]))
+
+
+def without_original(store: FeatureStore, ids: Sequence[str]) -> list[str]:
+    """The clips among `ids` extracted from a dataset's face frames without an original video (manifest
+    `has_original` false): their ORIGINAL_ARRAYS are empty. Stores from before the column: none."""
+    manifest = store.manifest
+    if "has_original" not in manifest:
+        return []
+    flags = manifest.set_index("clip_id")["has_original"]
+    lacking = {str(i) for i, flag in flags.items() if str(flag).strip().lower() in ("false", "0")}
+    return [i for i in ids if i in lacking]
+
+
+def check_originals(store: FeatureStore, ids: Sequence[str], model_cfg, modalities: Sequence[str],
+                    context: str) -> None:
+    """StoreError (one line) when `modalities` read arrays only an original video gives (pose, audio) and
+    clips among `ids` have none: names those clips, the modalities and the two ways on."""
+    from dfew_mm.models.encoders import ENCODERS
+
+    needs = [m for m in modalities if set(ENCODERS[m].store_arrays(getattr(model_cfg, m))) & set(ORIGINAL_ARRAYS)]
+    lacking = without_original(store, ids) if needs else []
+    if not lacking:
+        return
+    source = (store.settings() or {}).get("face_source", "SOURCE")
+    rest = [m for m in modalities if m not in needs]
+    instead = f", or leave out {', '.join(needs)} (e.g. --modalities {','.join(rest)})" if rest else (
+        ", or train a modality that needs no original (e.g. --modalities video)")
+    raise StoreError(
+        f"{context}: {', '.join(needs)} need{'s' if len(needs) == 1 else ''} the clips' original videos, and "
+        f"{len(lacking)} of {len(ids)} clips have none in feature store {store.path} (e.g. {', '.join(lacking[:5])}"
+        f"{' ...' if len(lacking) > 5 else ''}): put their originals in ROOT/Clip/original/<id>.mp4 and re-extract "
+        f"them (`dfew_mm extract --dfew-root ROOT --face-source {source} --out {store.path} --overwrite`){instead}")

@@ -21,12 +21,15 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from dfew_mm.data.dfew import (CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, is_clip_number, normalise_clip_id,
-                               video_file_problem, warn_skipped)
+from dfew_mm.constants import FACE_SOURCE_DETECT
+from dfew_mm.data.dfew import (CLIP_DIR, FACE_SOURCES, VIDEO_SUFFIXES, face_source, index_clip_files,
+                               index_face_frames, is_clip_number, load_folds, normalise_clip_id, video_file_problem,
+                               warn_skipped)
 from dfew_mm.data.store import STORE_FORMAT, FeatureStore
 from dfew_mm.errors import DatasetError, StoreError, WriteError
 from dfew_mm.files import remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
+from dfew_mm.extract.face_frames import ClipFiles
 from dfew_mm.extract.options import ABSENT_SETTINGS, DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
 from dfew_mm.extract.pool import SupervisedPool
 
@@ -36,12 +39,24 @@ SPLITS = ("train", "test")  # the DFEW split files of a fold (validation is carv
 
 
 # -- which clips -------------------------------------------------------------------------------
-def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None) -> dict[str, Path]:
-    """clip id -> video file. DFEW ids are str(int) ("42"); other folders use the file stem."""
+def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None,
+               face_source_name: str = FACE_SOURCE_DETECT) -> dict[str, Path | ClipFiles]:
+    """clip id -> video file, or its `ClipFiles` under a face frame source. DFEW ids are str(int) ("42");
+    other folders use the file stem."""
     if (dfew_root is None) == (clips_dir is None):
         raise DatasetError("give exactly one of --dfew-root or --clips-dir")
+    if face_source_name != FACE_SOURCE_DETECT:
+        if dfew_root is None:
+            raise DatasetError(f"--face-source {face_source_name} reads a dataset's face frame folders: give "
+                               "--dfew-root (a --clips-dir extraction detects the faces itself)")
+        return frame_source_clips(Path(dfew_root), face_source_name)
     if dfew_root is not None:
-        return {str(clip_id): path for clip_id, path in index_clip_files(Path(dfew_root) / CLIP_DIR).items()}
+        root = Path(dfew_root)
+        frames = [s.name for s in FACE_SOURCES.values() if (root / s.folder).is_dir()]
+        if not (root / CLIP_DIR).is_dir() and frames:
+            raise DatasetError(f"clip folder {root / CLIP_DIR} does not exist, so faces cannot be detected; this "
+                               f"copy has DFEW's face frames: use --face-source {' or '.join(frames)}")
+        return {str(clip_id): path for clip_id, path in index_clip_files(root / CLIP_DIR).items()}
     folder = Path(clips_dir)
     if not folder.is_dir():
         raise DatasetError(f"clip folder {folder} does not exist")
@@ -60,6 +75,26 @@ def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None) -> 
         clips[path.stem] = path
     warn_skipped(folder, skipped)
     return clips
+
+
+def frame_source_clips(dfew_root: Path, name: str) -> dict[str, Path | ClipFiles]:
+    """clip id -> `ClipFiles` for every clip with a frame folder of face source `name`, an original, or a
+    line in the split files (a clip with neither gets a failed record saying so)."""
+    source = face_source(name)
+    folder = dfew_root / source.folder
+    if not folder.is_dir():
+        raise DatasetError(f"face frame folder {folder} does not exist (--face-source {name}); DFEW distributes it "
+                           "with the clips, e.g. Clip/clip_224x224_16f/<id>/1.jpg .. 16.jpg")
+    frames = index_face_frames(dfew_root, source)
+    videos = index_clip_files(dfew_root / CLIP_DIR) if (dfew_root / CLIP_DIR).is_dir() else {}
+    try:
+        listed = {int(i) for fold in load_folds(dfew_root) for i in (*fold.train.index, *fold.test.index)}
+    except DatasetError as err:  # a copy without (valid) split files still extracts; `folds` and `train` say why
+        log.debug("no split files to list clips from: %s", err)
+        listed = set()
+    absent = f"neither an original clip in {dfew_root / CLIP_DIR} nor face frames in {folder}"
+    return {str(i): ClipFiles(videos.get(i), frames.get(i), source, absent)
+            for i in sorted(set(frames) | set(videos) | listed)}
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -154,6 +189,9 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
                 advice = (f"the store is of format {saved['store_format']}, without the waveform array: first "
                           f"run `python preprocess/extract.py --add-waveform --out {store.path} "
                           "--dfew-root ROOT` (or --clips-dir DIR), which adds it without redoing faces and pose")
+            if "face_source" in diff:  # faces cut by two sources in one store would look like one
+                advice = (f"each face source needs its own store: use another --out for --face-source "
+                          f"{options.face_source} (or --overwrite to redo all clips)")
             if "darken" in diff:  # darkening a store's clips again, or mixing two strengths in one store
                 advice = (f"each darkening strength needs its own store: use another --out for --darken "
                           f"{options.darken:g} (or --overwrite to redo all clips)")
@@ -209,7 +247,7 @@ def resolve_models(options: ExtractOptions, assets_dir: str | Path | None) -> di
     return {key: resolve_model(key, assets_dir) for key in options.model_keys()}
 
 
-def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOptions = ExtractOptions(),
+def run_extraction(clips: list[tuple[str, Path | ClipFiles]], out: Path, options: ExtractOptions = ExtractOptions(),
                    workers: int = 1, assets_dir: Path | None = None, overwrite: bool = False,
                    progress: bool = True, clip_timeout: float = DEFAULT_CLIP_TIMEOUT_S) -> RunSummary:
     """Extract `clips` into the store at `out`, resuming unless `overwrite`; returns a summary.
@@ -219,6 +257,10 @@ def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOpt
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
+    listed_for = {path.source.name if isinstance(path, ClipFiles) else FACE_SOURCE_DETECT for _, path in clips}
+    if listed_for - {options.face_source}:
+        raise DatasetError(f"face source {options.face_source}: list the clips with list_clips(..., face_source_name="
+                           f"{options.face_source!r}) (video files for detect, ClipFiles for a face frame folder)")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
