@@ -3,7 +3,8 @@ honest model selection on a validation split carved from the training fold, exac
 
 Run directory (`train.out_dir`): config.yaml, environment.json, metrics.jsonl, tb/, last.pt,
 best.pt (highest validation UAR), test_metrics.json and test_predictions.csv (test fold, best and
-last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out.
+last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out; with
+`test_every_epoch`, also TEST_BY_EPOCH (the test fold after every epoch, for `cv --best-test-epoch`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dfew_mm.predictions import modality_label, prediction_frame
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
+TEST_BY_EPOCH = "test_by_epoch.jsonl"  # one line per epoch: the test fold's metrics, never used to select
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -158,9 +160,12 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 
 
 # -- the loop -----------------------------------------------------------------------------------
-def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None) -> Path:
+def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None,
+          test_every_epoch: bool = False) -> Path:
     """Train one fold; returns the run directory. `stop_after_epochs` ends this call early
-    (for time-limited job slots); `resume=True` continues from the run directory's last.pt."""
+    (for time-limited job slots); `resume=True` continues from the run directory's last.pt.
+    `test_every_epoch` also evaluates the test fold after every epoch into TEST_BY_EPOCH, for the
+    optimistic best-test-epoch figure; training, selection and the random streams stay as without it."""
     if not cfg.data.store:
         raise ConfigError("no feature store given: pass --store FEATURES (data.store=FEATURES)")
     for key in ("epochs", "batch_size", "grad_accum"):
@@ -294,6 +299,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
                   "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
                   "best_epoch": best["epoch"],
                   **balance.epoch_record(), **weights_record}
+        if test_every_epoch:  # drawn from a saved state and restored: the run itself stays the same
+            saved = rng_state()
+            test_now, _ = evaluate_loader(model, test_loader, d, cfg.train.amp)
+            set_rng_state(saved)
         rng = gather(rng_state(), d)
         if d.main:
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
@@ -306,6 +315,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
             save_checkpoint(last_path, payload)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(json_safe(record)) + "\n")
+            if test_every_epoch:
+                with open(run_dir / TEST_BY_EPOCH, "a") as f:
+                    f.write(json.dumps(json_safe({"epoch": epoch, **test_now})) + "\n")
             for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
                 writer.add_scalar(key, record[key], epoch)
         barrier(d)

@@ -46,7 +46,7 @@ class ClipFiles:
     video: Path | None  # the original video; None when the copy has none for this clip
     frames: Path | None  # its face frame folder; None when absent
     source: FrameFolders
-    absent: str = ""  # why neither exists (where they were looked for), for the clip's failed record
+    absent: str = ""  # where both were looked for, for the failed record of a clip with neither
 
     def __str__(self) -> str:
         return str(self.frames or self.video or self.absent)
@@ -129,8 +129,11 @@ def extract_from_frames(extractor, files: ClipFiles, clip_id: str, watch) -> tup
     """(arrays, record stats, notes) of one clip, as `ClipExtractor` returns them, with faces from
     `files.frames`; `extractor` lends its options, pose and blendshape models and frame buffer."""
     opts, source = extractor.options, files.source
+    if files.frames is None and files.video is not None:  # never mix detected faces into a store of face frames
+        raise FrameFolderError(f"no {source.name} face frame folder for this clip (its original {files.video.name} "
+                               "exists: extract it with --face-source detect, into another store)")
     if files.frames is None:
-        raise FrameFolderError(files.absent or f"no {source.name} face frame folder for this clip")
+        raise FrameFolderError(files.absent or f"no original clip and no {source.name} face frame folder")
     faces_in = read_face_frames(files.frames, opts.frames)
     watch.lap("face")
     notes = list(faces_in.notes)
