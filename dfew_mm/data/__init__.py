@@ -1,4 +1,4 @@
-"""DFEW index and folds, the feature store and the torch dataset over it."""
+"""DFEW index and folds, face frame folders, the feature store and the torch dataset over it."""
 
 from dfew_mm.data.store import FeatureStore
 
