@@ -403,7 +403,7 @@ def _add_cv(sub) -> None:
     p = _parser(sub, "cv", "Run the DFEW 5-fold protocol and write a per-fold and mean ± std table of UAR and WAR.",
                 "dfew_mm cv --config default --folds 1-5 --out runs/cv_all",
                 "dfew_mm cv --config tiny --folds 1,2 --modalities pose,audio --out runs/cv_tiny",
-                "dfew_mm cv --config default --folds 1-5 --out runs/cv_all --best-test-epoch   # + the papers' protocol")
+                "dfew_mm cv --config default --folds 1-5 --out runs/cv_all --best-test-epoch   # + papers' protocol")
     _add_experiment_args(p)
     p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
     p.add_argument("--out", required=True, help="folder for fold_k/ runs and cv_summary.{csv,txt}")

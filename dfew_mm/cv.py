@@ -200,8 +200,8 @@ def _format_optimistic(per_fold: pd.DataFrame, mean: pd.Series, std: pd.Series, 
               f"{std['uar_optimistic']:.2f}   WAR {mean['war_optimistic']:.2f} ± {std['war_optimistic']:.2f}",
               f"optimistic pooled (n={int(pooled['n'])}): UAR {pooled['uar_optimistic']:.2f}   WAR "
               f"{pooled['war_optimistic']:.2f}; choosing the epoch on the test fold adds "
-              f"{pooled['uar_optimistic'] - pooled['uar']:+.2f} UAR, {pooled['war_optimistic'] - pooled['war']:+.2f} WAR "
-              "to the honest pooled figure"]
+              f"{pooled['uar_optimistic'] - pooled['uar']:+.2f} UAR, "
+              f"{pooled['war_optimistic'] - pooled['war']:+.2f} WAR to the honest pooled figure"]
     return lines
 
 

@@ -111,7 +111,8 @@ def test_pose_and_audio_as_with_detect(sample_stores, source):
         a, b = detected[clip_id], framed[clip_id]
         for name in ("pose", "pose_mask", "audio", "waveform", "frame_time", "luma"):
             assert np.array_equal(a[name], b[name]), (clip_id, name)
-    columns = ["n_frames", "fps", "duration_s", "width", "height", "pose_rate", "has_audio", "audio_rms_db", "luma_mean"]
+    columns = ["n_frames", "fps", "duration_s", "width", "height", "pose_rate", "has_audio", "audio_rms_db",
+               "luma_mean"]
     pd.testing.assert_frame_equal(detected.manifest[columns], framed.manifest[columns])
 
 

@@ -182,7 +182,8 @@ def face_source(name: str) -> FrameFolders | None:
     if name == FACE_SOURCE_DETECT:
         return None
     if name not in FACE_SOURCES:
-        raise DatasetError(f"unknown face source '{name}': choose one of {', '.join([FACE_SOURCE_DETECT, *FACE_SOURCES])}")
+        valid = ", ".join([FACE_SOURCE_DETECT, *FACE_SOURCES])
+        raise DatasetError(f"unknown face source '{name}': choose one of {valid}")
     return FACE_SOURCES[name]
 
 
