@@ -109,33 +109,33 @@ def _add_folds(sub) -> None:
 def _run_folds(args) -> int:
     import pandas as pd
 
-    from dfew_mm.datasets.base import fold_summary, unique_clips
+    from dfew_mm.datasets.base import fold_summary, natural_key, unique_clips
 
     dataset = _dataset(args)
     folds = dataset.load_folds(args.folds)
-    def present(folder: str) -> bool:  # a copy may lack the originals or the frames: say so below, go on
-        return bool(folder) and dataset.root is not None and (dataset.root / folder).is_dir()
-
-    source = next(iter(dataset.face_sources), None)
-    clip_files = dataset.clip_files() if present(dataset.clip_dir) else None
-    frames = dataset.frame_folders(source) if source and present(dataset.face_sources[source]) else None
-    table = fold_summary(folds, dataset.classes, clip_files, frames)
+    clip_files, face_frames = None, {}
+    if dataset.root is not None:  # a copy may lack the originals or the face frames, not both
+        clip_files, face_frames = dataset.clip_sources()
+    videos = {} if clip_files is None and dataset.clip_dir else clip_files
+    table = fold_summary(folds, dataset.classes, videos, face_frames)
     print(f"{dataset.title}: {dataset.protocol()}, {len(dataset.classes)} classes ({', '.join(dataset.classes)})")
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(table.to_string(index=False))
     ids = unique_clips(folds)
-    print(f"\n{len(folds)} folds over {len(ids):,} unique clips")
-    for what, found, where in (("a video file", clip_files, dataset.clip_dir),
-                               ("face frames", frames, source and dataset.face_sources[source])):
-        if found is None and where and dataset.root is not None:
-            print(f"{dataset.root / where} does not exist: no clip has {what} there")
-        if found is not None:
-            have = int(ids.isin(list(found)).sum())
-            print(f"{have:,} of {len(ids):,} listed clips have {what} under {dataset.root / where}")
-            unlisted = sorted(set(found) - set(ids))
-            if unlisted:
-                print(f"{len(unlisted):,} clips under {dataset.root / where} are in no split file "
-                      f"(e.g. {', '.join(unlisted[:5])})")
+    print(f"\n{len(folds)} fold{'s' if len(folds) > 1 else ''} over {len(ids):,} unique clips")
+    if dataset.root is None:
+        return 0
+    if dataset.clip_dir:
+        have = int(ids.isin(list(clip_files or {})).sum())
+        where = "" if clip_files is not None else " (no such folder: pose and audio need the originals)"
+        print(f"{have:,} of {len(ids):,} listed clips have a video file under {dataset.root / dataset.clip_dir}{where}")
+    for name, folders in face_frames.items():
+        have = int(ids.isin(list(folders)).sum())
+        print(f"{have:,} of {len(ids):,} listed clips have face frames under "
+              f"{dataset.root / dataset.face_sources[name].folder} (--face-source {name})")
+    unlisted = sorted(set(clip_files or {}).union(*face_frames.values()) - set(ids), key=natural_key)
+    if unlisted:
+        print(f"{len(unlisted):,} clips of the copy are in no split file (e.g. {', '.join(unlisted[:5])})")
     return 0
 
 
@@ -150,7 +150,8 @@ def _add_synth(sub) -> None:
                 "dfew_mm synth --dataset mafw --out /tmp/mafw --clips 66",
                 "dfew_mm synth --dataset ferv39k --out /tmp/ferv39k --clips 35",
                 "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1",
-                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label")
+                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label",
+                "dfew_mm synth --out /tmp/frames_only --clips 60 --face-frames --no-originals   # DFEW's face frames")
     p.add_argument("--out", type=Path, required=True, help="folder to create (the dataset's root layout)")
     _add_dataset_args(p, roots=False)
     p.add_argument("--clips", type=int, default=defaults.clips, help="number of clips (default %(default)s)")
@@ -162,6 +163,13 @@ def _add_synth(sub) -> None:
                    help="modalities that carry the label, any of face,pose,audio; the others show a random class "
                         "per clip (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="parallel encoder processes (default %(default)s)")
+    p.add_argument("--face-frames", action=argparse.BooleanOptionalAction, default=defaults.face_frames,
+                   help="also write the dataset's face frame folders, DFEW's Clip/clip_224x224/<id>/ (every frame) and "
+                        "Clip/clip_224x224_16f/<id>/ (16 frames); a dataset that ships only face frames (FERV39k) "
+                        "always gets them (default %(default)s)")
+    p.add_argument("--originals", action=argparse.BooleanOptionalAction, default=defaults.originals,
+                   help="write the original clips (DFEW: Clip/original/<id>.mp4); --no-originals with --face-frames "
+                        "gives a copy of face frames and split files only (default %(default)s)")
 
 
 def _run_synth(args) -> int:
@@ -170,7 +178,8 @@ def _run_synth(args) -> int:
     _check_numbers(args, ["seconds"], clips=(1, None), workers=(1, None), dark_share=(0, 1))
 
     cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds,
-                      cues=args.cues, **({"dataset": args.dataset} if args.dataset else {}))
+                      cues=args.cues, face_frames=args.face_frames, originals=args.originals,
+                      **({"dataset": args.dataset} if args.dataset else {}))
     summary = generate_dataset(args.out, cfg, workers=args.workers)
     print(f"wrote {summary['clips']} clips ({summary['dark']} low-light; label shown by {'+'.join(cfg.cues)}) "
           f"to {args.out} in the {cfg.dataset} layout")
@@ -264,20 +273,24 @@ def _add_extract(sub) -> None:
     p = _parser(sub, "extract", "Extract face crops, body pose, audio fbank and quality stats into a feature store.",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --workers 8",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --shard 0/16   # one job of an array",
+                "dfew_mm extract --dfew-root /data/DFEW --out features_16f --face-source clip_224x224_16f",
                 "dfew_mm extract --clips-dir my_videos --out my_features --assets-dir mediapipe_models",
                 "dfew_mm extract --dataset mafw --root /data/MAFW --out features_mafw --workers 8",
                 "dfew_mm extract --dataset ferv39k --root /data/FERV39k --out features_ferv39k   # its face frames",
                 "dfew_mm extract --dfew-root /data/DFEW --out features_dark0.5 --split test --fold 1 --darken 0.5")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--root", type=Path, help="the --dataset copy (its layout: docs/datasets.md); ids are its store ids")
-    src.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/<id>.mp4 (ids become '42')")
+    src.add_argument("--dfew-root", type=Path,
+                     help="DFEW root with Clip/original/<id>.mp4 and/or face frames (ids become '42')")
     src.add_argument("--clips-dir", type=Path, help="any folder of videos (ids are the file stems)")
     _add_dataset_args(p, roots=False)
-    p.add_argument("--face-source",
-                   help="where faces come from: detect (the face detector on the original clips) or a face-frame "
-                        "folder the dataset distributes, by name (FERV39k: 2_ClipsforFaceCrop); default: detect "
-                        "where the dataset has original clips, else its face frames")
     p.add_argument("--out", type=Path, required=True, help="feature store folder (created; resumed if present)")
+    p.add_argument("--face-source", metavar="SOURCE",
+                   help="where faces come from: 'detect' runs the face detector on the original clips; the name of a "
+                        "face frame folder the dataset distributes (DFEW: clip_224x224, every frame, or "
+                        "clip_224x224_16f, 16 frames; FERV39k: 2_ClipsforFaceCrop) reads those frames instead, pose "
+                        "and audio still from the original where there is one (docs/face_sources.md). Default: "
+                        f"{defaults.face_source} where the dataset ships original clips, else its face frames")
     p.add_argument("--workers", type=int, default=1, help="worker processes, one per core (default 1)")
     p.add_argument("--frames", type=int, default=defaults.frames,
                    help="frames T sampled uniformly per clip (default %(default)s)")
@@ -315,8 +328,8 @@ def _add_extract(sub) -> None:
 
 
 def _run_extract(args) -> int:
-    from dfew_mm.constants import MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
-    from dfew_mm.extract.options import DETECT, ExtractOptions
+    from dfew_mm.constants import FACE_SOURCE_DETECT, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
+    from dfew_mm.extract.options import ExtractOptions
     from dfew_mm.extract.run import list_clips, parse_shard, run_extraction, select_clips, split_clip_ids
 
     from dfew_mm.errors import ConfigError
@@ -329,13 +342,12 @@ def _run_extract(args) -> int:
         raise ConfigError("--split needs the dataset's split files: give --splits-dir (or use --root)")
     dataset = _dataset(args, required=False)
     source = args.face_source or (dataset.default_face_source() if dataset is not None and args.clips_dir is None
-                                  else DETECT)
+                                  else FACE_SOURCE_DETECT)
     try:
         shard = parse_shard(args.shard) if args.shard else None
         options = ExtractOptions(frames=args.frames, face_size=args.face_size, face_model=args.face_model,
                                  pose_model=args.pose_model, blendshapes=args.blendshapes, darken=args.darken,
-                                 darken_seed=args.darken_seed, face_source=source,
-                                 frame_rate=dataset.frame_rate if source != DETECT and dataset is not None else 0.0)
+                                 darken_seed=args.darken_seed, face_source=source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -349,7 +361,7 @@ def _run_extract(args) -> int:
     if args.split:
         split_ids = split_clip_ids(args.fold, args.split, dataset=dataset)
         split_name = f"fold {args.fold}'s {args.split} split"
-    clips = select_clips(list_clips(**source_of, face_source=source), args.ids, shard, args.limit,
+    clips = select_clips(list_clips(**source_of, face_source_name=source), args.ids, shard, args.limit,
                          split_ids=split_ids, split_name=split_name,
                          dataset=dataset if args.clips_dir is None else None)
     if not clips:
@@ -443,10 +455,15 @@ def _add_cv(sub) -> None:
                 "write a per-fold and mean ± std table of UAR and WAR.",
                 "dfew_mm cv --config default --folds 1-5 --out runs/cv_all",
                 "dfew_mm cv --config tiny --folds 1,2 --modalities pose,audio --out runs/cv_tiny",
-                "dfew_mm cv --dataset mafw --root /data/MAFW --store features_mafw --out runs/cv_mafw")
+                "dfew_mm cv --dataset mafw --root /data/MAFW --store features_mafw --out runs/cv_mafw",
+                "dfew_mm cv --config default --folds 1-5 --out runs/cv_all --best-test-epoch   # + papers' protocol")
     _add_experiment_args(p)
     p.add_argument("--folds", type=_parse_folds, help="e.g. 1-5 or 1,3 (default: all folds of the dataset)")
     p.add_argument("--out", required=True, help="folder for fold_k/ runs and cv_summary.{csv,txt}")
+    p.add_argument("--best-test-epoch", action="store_true",
+                   help="also evaluate the test fold after every epoch and report, labelled optimistic, the UAR/WAR "
+                        "of the epoch best on the test fold (what many DFEW papers report) beside the honest "
+                        "figure of the checkpoint chosen on validation; selection and training are unchanged")
 
 
 def _run_cv(args) -> int:
@@ -455,7 +472,8 @@ def _run_cv(args) -> int:
     from dfew_mm.datasets import get_dataset
 
     cfg = _experiment_config(args)
-    table = cross_validate(cfg, args.folds or get_dataset(cfg.data.dataset).folds, args.out)
+    table = cross_validate(cfg, args.folds or get_dataset(cfg.data.dataset).folds, args.out,
+                           best_test_epoch=args.best_test_epoch)
     if not _finish_distributed():
         return 0
     print(format_summary(table))

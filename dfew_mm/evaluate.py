@@ -134,7 +134,7 @@ def excluded_path_for(out_csv: str | Path) -> Path:
 # a darkened store is for; everything else changes what the model sees besides the light.
 DARKENING_SETTINGS = ("darken", "darken_seed")
 EXTRACT_FLAGS = {"frames": "--frames", "face_size": "--face-size", "face_model": "--face-model",
-                 "pose_model": "--pose-model"}
+                 "pose_model": "--pose-model", "face_source": "--face-source"}
 
 
 def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -246,7 +246,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     (dfew_mm.predictions): how much the prediction leaned on each modality, clip by clip.
     """
     from dfew_mm.checkpoint import load_checkpoint
-    from dfew_mm.data.splits import dataset_of
+    from dfew_mm.data.splits import check_originals, dataset_of
     from dfew_mm.data.store import FeatureStore
     from dfew_mm.device import resolve_device
     from dfew_mm.models.encoders import ENCODERS
@@ -290,6 +290,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     clips = select_clips(feature_store, data_cfg, split, cfg.train.seed, excluded_csv=excluded_path_for(out_csv))
     check_store_serves(replace(cfg, data=replace(data_cfg, store=trained_store)), feature_store,
                      str(clips["clip_id"].iloc[0]), mods, checkpoint)
+    check_originals(feature_store, clips["clip_id"].tolist(), cfg.model, mods, f"fold {fold} {split}", fold_lists)
     kind = "scene" if scene > 0 else "crop"
     log.info("evaluating %s on fold %d %s (%d clips), modalities %s, %s", checkpoint, fold, split, len(clips),
              modality_label(mods), f"scene-level darkening {scene:g} (store)" if scene else f"darkening {strengths}")

@@ -42,8 +42,9 @@ def extraction_options(cfg):
     """
     from dataclasses import fields
 
+    from dfew_mm.constants import FACE_SOURCE_DETECT
     from dfew_mm.data.store import SETTINGS_FILE
-    from dfew_mm.extract.options import DETECT, ExtractOptions
+    from dfew_mm.extract.options import ExtractOptions
     from dfew_mm.models.encoders import ENCODERS
 
     settings = Path(cfg.data.store) / SETTINGS_FILE if cfg.data.store else None
@@ -52,11 +53,10 @@ def extraction_options(cfg):
         names = {f.name for f in fields(ExtractOptions)}
         if saved.get("darken"):  # a simulation for experiments: real clips are predicted as they are
             log.info("the training store was darkened at extraction (--darken %g); new clips are not", saved["darken"])
-        if saved.get("face_source", DETECT) != DETECT:  # a new video has no distributed face frames
-            log.info("the training store took faces from %s frames; faces of new clips are detected",
-                     saved["face_source"])
-        kept = {k: v for k, v in saved.items() if k in names and k not in ("darken", "face_source", "frame_rate")}
-        return ExtractOptions(**kept)
+        if saved.get("face_source", FACE_SOURCE_DETECT) != FACE_SOURCE_DETECT:  # new clips come without them
+            log.warning("the model was trained on a dataset's face frames (%s); the faces of new clips are detected "
+                        "and cropped by dfew_mm, which frames them differently", saved["face_source"])
+        return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k not in ("darken", "face_source")})
     log.info("training store settings not found (%s); extracting with defaults, %d frames, %d px faces",
              settings, cfg.data.frames, cfg.data.face_size)
     switches = {ENCODERS[m].extract_option: True for m in cfg.model.modalities if ENCODERS[m].extract_option}

@@ -1,8 +1,9 @@
 """Synthetic datasets (`dfew_mm synth`): real H.264/AAC clips of a drawn person, in a dataset's exact layout.
 
 The layout, the clip names and the split files are the dataset's (dfew_mm.datasets: `synth_clip`,
-`format_split`): DFEW's and MAFW's original clips, FERV39k's folders of face-cropped frames (the drawn
-head cut out of each frame, no audio), with the dataset's protocol (k folds, each clip tested in exactly
+`format_split`): DFEW's and MAFW's original clips, the face frame folders a dataset distributes (the
+drawn face cut out of each frame: DFEW's with `face_frames`, FERV39k's always, as they are all it
+ships), with the dataset's protocol (k folds, each clip tested in exactly
 one; or one fixed split testing a fifth of the clips). Class k of a dataset is shown by cue k below.
 
 Every clip carries its class through three independent cues, so each modality can be tested:
@@ -37,9 +38,12 @@ HEAD_HEIGHT = 40  # px; the whole body spans ~8 head heights, so hips and knees 
 FPS = 24
 AUDIO_RATE = 44_100  # Hz, like the DFEW originals
 GROUPS = 5  # synthetic clips fall into 5 stratified groups: fold k tests group k (a fixed split tests group 1)
+# Face frame folders like DFEW's: square crops of this side around the face (the face box's longer side
+# x (1 + margin)), and the number of frames in a sparse folder (one that does not hold every frame).
+FACE_FRAME_SIZE = 224  # px
+FACE_FRAME_MARGIN = 0.3
+SPARSE_FACE_FRAMES = 16
 CUES = ("face", "pose", "audio")  # the modalities that can carry the label
-FACE_CROP = 112  # px, side of the face frames written for datasets that distribute face crops
-FACE_CROP_MARGIN = 1.3  # crop side = head height x this
 
 # Cue k shows class k of the dataset (at most len(FACE_CUES) classes). The first seven were drawn as
 # DFEW's classes in its label order (a smile, a frown, rest, a scowl, a gape, a sneer, a fearful gape);
@@ -100,17 +104,34 @@ class SynthConfig:
     dark_noise: float = 7.0  # sensor noise std in 0..255 after the gain
     # modalities whose cue shows the label (a subset of CUES); the others show a random class per clip
     cues: tuple[str, ...] = CUES
+    face_frames: bool = False  # also write the dataset's face frame folders (DFEW: Clip/clip_224x224[_16f]/<id>/<n>.jpg)
+    originals: bool = True  # write the original clips (False: face frames and split files only)
     dataset: str = DEFAULT_DATASET  # whose layout, classes and protocol (dfew_mm.datasets)
 
     def __post_init__(self):
         object.__setattr__(self, "cues", parse_cues(self.cues))
-        classes = get_dataset(self.dataset).classes
-        if len(classes) > MAX_CLASSES:
-            raise ConfigError(f"{self.dataset} has {len(classes)} classes; synthetic data draws at most {MAX_CLASSES}")
+        dataset = get_dataset(self.dataset)
+        if len(dataset.classes) > MAX_CLASSES:
+            raise ConfigError(f"{self.dataset} has {len(dataset.classes)} classes; synthetic data draws at most "
+                              f"{MAX_CLASSES}")
+        if self.face_frames and not dataset.face_sources:
+            raise ConfigError(f"{dataset.title} distributes no face frames to write")
+        if not (self.writes_originals or self.writes_frames):
+            raise ConfigError("a synthetic copy needs its original clips, its face frames or both")
 
     @property
     def n_classes(self) -> int:
         return len(get_dataset(self.dataset).classes)
+
+    @property
+    def writes_originals(self) -> bool:
+        return self.originals and bool(get_dataset(self.dataset).clip_dir)
+
+    @property
+    def writes_frames(self) -> bool:
+        """The face frames, when asked or when they are all the dataset distributes (FERV39k)."""
+        dataset = get_dataset(self.dataset)
+        return bool(dataset.face_sources) and (self.face_frames or not dataset.clip_dir)
 
 
 def parse_cues(cues: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -161,10 +182,10 @@ def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
 
 # -- drawing ---------------------------------------------------------------------------------
 def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
-                 t: float) -> tuple[float, float, float]:
+                 t: float) -> tuple[float, float, float, float]:
     """One frame of a standing person, sized in head heights `u`; `s` scales the cues, `t` (0..1)
     animates them. Full-body proportions (hips and knees in frame) are what BlazePose expects.
-    Returns the face's centre x, y and height (px)."""
+    Returns the face's box x1, y1, x2, y2 in px."""
     u = HEAD_HEIGHT * look["scale"]
     k = u / 68  # facial strokes were designed on a 68 px head
     cx = WIDTH / 2 + look["dx"] + 0.1 * u * math.sin(2 * math.pi * 1.4 * t)
@@ -226,7 +247,7 @@ def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
         draw.polygon(pts + lower, fill=(90, 30, 35), outline=feature)
     else:
         draw.line(pts, fill=feature, width=max(2, round(3 * k)))
-    return head[0], head[1], 2 * hh
+    return head[0] - hw, head[1] - hh, head[0] + hw, head[1] + hh
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -239,11 +260,11 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one clip."""
-    return _render(spec, cfg)[0]
+    return render_clip(spec, cfg)[0]
 
 
-def _render(spec: ClipSpec, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(T, H, W, 3) uint8 frames of one clip and (T, 3) its face centre x, y and height per frame (px)."""
+def render_clip(spec: ClipSpec, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) uint8 frames of one clip and (T, 4) float32 face boxes x1, y1, x2, y2 in px."""
     from PIL import Image, ImageDraw  # local, like av and pandas below: `dfew_mm --help` reads SynthConfig
 
     rng = np.random.default_rng(spec.seed)
@@ -260,17 +281,17 @@ def _render(spec: ClipSpec, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     n = max(1, round(cfg.seconds * FPS))
     gain = rng.uniform(*cfg.dark_gain)
     frames = np.empty((n, HEIGHT, WIDTH, 3), np.uint8)
-    heads = np.empty((n, 3))
+    boxes = np.empty((n, 4), np.float32)
     for i in range(n):
         image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-        heads[i] = _draw_person(ImageDraw.Draw(image), look, face, pose, spec.strength, i / max(n - 1, 1))
+        boxes[i] = _draw_person(ImageDraw.Draw(image), look, face, pose, spec.strength, i / max(n - 1, 1))
         pixels = np.asarray(image, np.float32)
         if spec.dark:  # low light: exposure gain, a gamma lift, then sensor noise
             pixels = 255 * (gain * pixels / 255) ** 1.1 + rng.normal(0, cfg.dark_noise, pixels.shape)
         else:
             pixels += rng.normal(0, 2.0, pixels.shape)
         frames[i] = np.clip(pixels, 0, 255).astype(np.uint8)
-    return frames, heads
+    return frames, boxes
 
 
 def render_audio(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
@@ -339,27 +360,42 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def write_face_frames(folder: Path, frames: np.ndarray, heads: np.ndarray) -> None:
-    """The face of every frame, cut around the drawn head and resized to FACE_CROP px, as numbered JPEGs."""
+def write_face_frames(root: Path, dataset, clip_folder: Path, frames: np.ndarray, boxes: np.ndarray) -> None:
+    """The face frame folders of one clip, one per face source of `dataset`: FACE_FRAME_SIZE px crops around
+    the face as JPEGs numbered 1.jpg .., every frame in a full-rate source (DFEW's Clip/clip_224x224/<id>/,
+    FERV39k's 2_ClipsforFaceCrop/<scene>/<class>/<clip>/), SPARSE_FACE_FRAMES spread over the clip in the
+    others (DFEW's Clip/clip_224x224_16f/<id>/); each folder written under a temporary name, then renamed."""
+    import shutil
+
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, (frame, (x, y, height)) in enumerate(zip(frames, heads)):
-        half = FACE_CROP_MARGIN * height / 2
-        box = tuple(int(round(v)) for v in (x - half, y - half, x + half, y + half))
-        crop = Image.fromarray(frame).crop(box).resize((FACE_CROP, FACE_CROP), Image.BILINEAR)
-        crop.save(folder / f"{i + 1:03d}.jpg", quality=90)
+    from dfew_mm.extract.decode import sample_indices
+    from dfew_mm.extract.face import crop_faces
+
+    scale = np.array([WIDTH, HEIGHT, WIDTH, HEIGHT], np.float32)
+    faces = crop_faces(frames, boxes / scale, FACE_FRAME_SIZE, FACE_FRAME_MARGIN)  # (T, 224, 224, 3)
+    for source in dataset.face_sources.values():
+        chosen = np.arange(len(faces)) if source.full_rate else sample_indices(len(faces), SPARSE_FACE_FRAMES)
+        folder = root / source.folder / clip_folder
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for number, i in enumerate(chosen, start=1):
+            Image.fromarray(faces[i]).save(tmp / f"{number}.jpg", quality=95)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
 
 
 def _make_clip(args: tuple[ClipSpec, SynthConfig, Path]) -> None:
     spec, cfg, root = args
-    place = get_dataset(cfg.dataset)().synth_clip(spec.clip_id, spec.label)
-    frames, heads = _render(spec, cfg)
-    if place.video is not None:
+    dataset = get_dataset(cfg.dataset)()
+    place = dataset.synth_clip(spec.clip_id, spec.label)
+    frames, boxes = render_clip(spec, cfg)
+    if cfg.writes_originals:
         (root / place.video).parent.mkdir(parents=True, exist_ok=True)
         write_clip(root / place.video, frames, render_audio(spec, cfg))
-    if place.frames is not None:
-        write_face_frames(root / place.frames, frames, heads)
+    if cfg.writes_frames:
+        write_face_frames(root, dataset, place.frames, frames, boxes)
 
 
 def split_groups(labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
@@ -421,8 +457,8 @@ def write_holdout_split(folder: str | Path, truth, test_share: float, seed: int,
 
 
 def generate_dataset(root: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
-    """Write clips (or face frames), split files and `synth_truth.csv` (what each modality shows) under
-    root, in the layout of `cfg.dataset`."""
+    """Write clips (and/or their face frames), split files and `synth_truth.csv` (what each modality shows)
+    under root, in the layout of `cfg.dataset`."""
     import pandas as pd
 
     root = Path(root)

@@ -3,7 +3,8 @@ honest model selection on a validation split carved from the training fold, exac
 
 Run directory (`train.out_dir`): config.yaml, environment.json, metrics.jsonl, tb/, last.pt,
 best.pt (highest validation UAR), test_metrics.json and test_predictions.csv (test fold, best and
-last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out.
+last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out; with
+`test_every_epoch`, also TEST_BY_EPOCH (the test fold after every epoch, for `cv --best-test-epoch`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dfew_mm.checkpoint import (checkpoint_classes, load_weights, model_config_d
 from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
-from dfew_mm.data.splits import check_inputs_present, dataset_of, fold_splits
+from dfew_mm.data.splits import check_originals, dataset_of, fold_splits
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.device import autocast
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
@@ -46,6 +47,7 @@ from dfew_mm.predictions import modality_label, prediction_frame
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
+TEST_BY_EPOCH = "test_by_epoch.jsonl"  # one line per epoch: the test fold's metrics, never used to select
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -157,9 +159,12 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 # -- the loop -----------------------------------------------------------------------------------
-def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None) -> Path:
+def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None,
+          test_every_epoch: bool = False) -> Path:
     """Train one fold; returns the run directory. `stop_after_epochs` ends this call early
-    (for time-limited job slots); `resume=True` continues from the run directory's last.pt."""
+    (for time-limited job slots); `resume=True` continues from the run directory's last.pt.
+    `test_every_epoch` also evaluates the test fold after every epoch into TEST_BY_EPOCH, for the
+    optimistic best-test-epoch figure; training, selection and the random streams stay as without it."""
     if not cfg.data.store:
         raise ConfigError("no feature store given: pass --store FEATURES (data.store=FEATURES)")
     for key in ("epochs", "batch_size", "grad_accum"):
@@ -182,7 +187,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     store = FeatureStore(cfg.data.store)
     dataset = dataset_of(cfg.data)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
-    check_inputs_present(store, splits.train.ids, cfg.model.modalities, dataset, f"fold {cfg.data.fold}")
+    check_originals(store, [*splits.train.ids, *splits.val.ids, *splits.test.ids], cfg.model, cfg.model.modalities,
+                    f"fold {cfg.data.fold}", dataset)
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is None:  # before the first epoch: faces large enough, the waveform there if read
         check_store_fits(cfg.model, cfg.data.face_size, store.array_shapes(splits.train.ids[0]))
@@ -298,6 +304,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
                   "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
                   "best_epoch": best["epoch"],
                   **balance.epoch_record(), **weights_record}
+        if test_every_epoch:  # drawn from a saved state and restored: the run itself stays the same
+            saved = rng_state()
+            test_now, _ = evaluate_loader(model, test_loader, d, cfg.train.amp)
+            set_rng_state(saved)
         rng = gather(rng_state(), d)
         if d.main:
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
@@ -310,6 +320,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
             save_checkpoint(last_path, payload)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(json_safe(record)) + "\n")
+            if test_every_epoch:
+                with open(run_dir / TEST_BY_EPOCH, "a") as f:
+                    f.write(json.dumps(json_safe({"epoch": epoch, **test_now})) + "\n")
             for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
                 writer.add_scalar(key, record[key], epoch)
         barrier(d)

@@ -31,6 +31,13 @@ TINY_RUN = ["data.frames=4", "data.face_size=48", "data.audio_frames=100", "mode
 
 
 # -- split files ---------------------------------------------------------------------------------------
+def _error_line(err: str) -> str:
+    """The one `error:` line of a failed command's stderr (log lines aside)."""
+    lines = [line for line in err.splitlines() if line.strip() and " INFO " not in line and " WARNING " not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
 def _mafw_splits(root: Path, train: str, test: str, folds=range(1, 6), folder="Train & Test Set") -> Path:
     for k in folds:
         base = root / folder / "single" / "no_caption" / f"set_{k}"
@@ -74,8 +81,7 @@ def test_a_clip_in_no_split_of_a_fold_is_an_error(tmp_path, capsys):
                                            r"listed in .*set_1/test.txt\)"):
         open_dataset("mafw", root).load_folds()
     assert main(["folds", "--dataset", "mafw", "--root", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: fold 4") and err.count("\n") == 1
+    assert _error_line(capsys.readouterr().err).startswith("error: fold 4")
 
 
 def test_ferv39k_split_lines_ids_and_frame_folders(tmp_path):
@@ -96,7 +102,8 @@ def test_ferv39k_split_lines_ids_and_frame_folders(tmp_path):
     (setups / "test_All.csv").write_text("Action/Fear/0001 Fear\nAction/0002 Fear\n")
     with pytest.raises(DatasetError, match=r"test_All.csv: clip 'Action/0002' is not a FERV39k clip path .*\(line 2\)"):
         ferv.fold(1)
-    with pytest.raises(DatasetError, match="face source 'clip_224x224' is not one of FERV39k's: 2_ClipsforFaceCrop"):
+    with pytest.raises(DatasetError, match="unknown face source 'clip_224x224' for FERV39k: choose one of "
+                                           "2_ClipsforFaceCrop$"):
         ferv.frame_folders("clip_224x224")
 
 
@@ -146,7 +153,7 @@ def test_synth_writes_mafw_layout_and_folds_reports_it(mafw_root, capsys):
 
 def test_synth_writes_ferv39k_layout_and_folds_reports_it(ferv39k_root, capsys):
     folders = sorted(p for p in (ferv39k_root / "2_ClipsforFaceCrop").glob("*/*/*") if p.is_dir())
-    assert len(folders) == 21 and all(len(list(f.glob("*.jpg"))) == 12 for f in folders)  # 0.5 s at 24 fps
+    assert len(folders) == 21 and all(len(list(f.glob("*.jpg"))) == 12 for f in folders)  # every frame: 0.5 s at 24 fps
     assert not list(ferv39k_root.rglob("*.mp4"))
     first = (ferv39k_root / "4_setups/All_scenes/train_All.csv").read_text().splitlines()[0]
     scene, emotion, _ = first.split()[0].split("/")
@@ -204,12 +211,14 @@ def test_ferv39k_frames_extract_train_video_and_audio_stops(ferv39k_root, assets
     manifest = features.manifest.set_index("clip_id")
     assert len(manifest) == 21 and (manifest["status"] == "ok").all()
     assert (~manifest["has_audio"].astype(bool)).all() and (manifest["pose_rate"] == 0).all()
-    assert (manifest["face_rate"] == 1).all() and manifest["error"].str.contains("no original clip").all()
+    assert not manifest["has_original"].astype(bool).any() and (manifest["face_rate"] == 1).all()
+    assert manifest["error"].str.contains("no original clip: faces only, no pose or audio; frame times at "
+                                          "FERV39k's nominal 25 fps").all()
     assert features.settings()["face_source"] == "2_ClipsforFaceCrop"
     clip_id = manifest.index[0]
     folder = ferv39k_root / "2_ClipsforFaceCrop" / Path(*clip_id.split("__"))
     arrays = features[clip_id]
-    first = cv2.imread(str(folder / f"{arrays['frame_index'][0] + 1:03d}.jpg"))  # the stored face is the frame, resized
+    first = cv2.imread(str(folder / f"{arrays['frame_index'][0] + 1}.jpg"))  # the stored face is the frame, resized
     expected = cv2.cvtColor(cv2.resize(first, (48, 48), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     assert np.array_equal(arrays["faces"][0], expected) and arrays["audio"].shape[0] == 0
     common = ["train", "--config", "tiny", "--dataset", "ferv39k", "--root", str(ferv39k_root), "--store", str(store),
@@ -218,9 +227,10 @@ def test_ferv39k_frames_extract_train_video_and_audio_stops(ferv39k_root, assets
     assert (tmp_path / "video" / "test_metrics.json").is_file()
     capsys.readouterr()
     assert main([*common, "--modalities", "audio", "--out", str(tmp_path / "audio"), *TINY_RUN]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no training clip of fold 1" in err and "has input for audio" in err
-    assert "FERV39k distributes face frames only" in err and not (tmp_path / "audio" / "last.pt").exists()
+    err = _error_line(capsys.readouterr().err)
+    assert "fold 1: audio needs the clips' original videos" in err
+    assert "FERV39k distributes face frames only, no original clips: leave out audio (e.g. --modalities video)" in err
+    assert not (tmp_path / "audio" / "last.pt").exists()
 
 
 # -- a dataset defined outside the library ----------------------------------------------------------------
@@ -276,6 +286,7 @@ def test_a_sixth_dataset_defined_in_a_test_trains_and_evaluates(tmp_path, capsys
     from dfew_mm.train import train
 
     store = _moods_copy(tmp_path)
+    (tmp_path / "videos").mkdir()  # the copy's clip folder, empty: the store holds what extraction would write
     with registered(Moods):
         assert "moods" in DATASETS
         assert main(["folds", "--dataset", "moods", "--root", str(tmp_path)]) == 0

@@ -8,7 +8,8 @@ only used once training is complete. Every clip of the fold is checked before an
 (a manifest row with status ok, a clip file of the recorded size whose zip directory reads).
 Clips missing from the store, failed in extraction or with unreadable files stop the run with
 the list and the repair, unless `allow_missing` is set, in which case they are listed in
-`FoldSplits.excluded`.
+`FoldSplits.excluded`. Clips extracted from a dataset's face frames without their original video
+hold faces only: `check_originals` stops modalities that read pose or audio before they start.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dfew_mm.config import DataConfig
-from dfew_mm.data.store import FeatureStore
+from dfew_mm.data.store import ORIGINAL_ARRAYS, FeatureStore
 from dfew_mm.datasets import open_dataset
 from dfew_mm.datasets.base import Dataset
 from dfew_mm.errors import StoreError
@@ -139,26 +140,36 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
                       pd.DataFrame(excluded, columns=["clip_id", "split", "reason"]))
 
 
-def check_inputs_present(store: FeatureStore, ids: Sequence[str], modalities: Sequence[str], dataset: Dataset,
-                         where: str) -> None:
-    """StoreError (one line) when no clip of `ids` has input for one of `modalities`, by the manifest column
-    each encoder names (`Encoder.presence`); clips whose record leaves it empty count as having it."""
+def without_original(store: FeatureStore, ids: Sequence[str]) -> list[str]:
+    """The clips among `ids` extracted from a dataset's face frames without an original video (manifest
+    `has_original` false): their ORIGINAL_ARRAYS are empty. Stores from before the column: none."""
+    manifest = store.manifest
+    if "has_original" not in manifest:
+        return []
+    flags = manifest.set_index("clip_id")["has_original"]
+    lacking = {str(i) for i, flag in flags.items() if str(flag).strip().lower() in ("false", "0")}
+    return [i for i in ids if i in lacking]
+
+
+def check_originals(store: FeatureStore, ids: Sequence[str], model_cfg, modalities: Sequence[str],
+                    context: str, dataset: Dataset) -> None:
+    """StoreError (one line) when `modalities` read arrays only an original video gives (pose, audio) and
+    clips among `ids` of `dataset` have none: names those clips, the modalities and the ways on."""
     from dfew_mm.models.encoders import ENCODERS
 
-    manifest = store.manifest.set_index("clip_id").reindex(list(ids))
-    empty = []
-    for name in modalities:
-        column = ENCODERS[name].presence
-        if not column or column not in manifest:
-            continue
-        values = manifest[column]
-        flags = values.astype(str).str.lower().isin(("true", "1", "1.0")) | (pd.to_numeric(values, errors="coerce") > 0)
-        if not (flags | values.isna()).any():
-            empty.append(f"{name} ({column} is {values.iloc[0]} for all {len(values)})")
-    if not empty:
+    needs = [m for m in modalities if set(ENCODERS[m].store_arrays(getattr(model_cfg, m))) & set(ORIGINAL_ARRAYS)]
+    lacking = without_original(store, ids) if needs else []
+    if not lacking:
         return
-    names = ", ".join(e.split(" ")[0] for e in empty)
-    why = (f"{dataset.title} distributes face frames only, no original clips to take pose or audio from"
-           if not dataset.clip_dir else "its clips were extracted without them")
-    raise StoreError(f"no training clip of {where} in feature store {store.path} has input for {'; '.join(empty)}: "
-                     f"{why}. Train without {names} (e.g. --modalities video)")
+    source = (store.settings() or {}).get("face_source", "SOURCE")
+    rest = [m for m in modalities if m not in needs]
+    instead = f", or leave out {', '.join(needs)} (e.g. --modalities {','.join(rest)})" if rest else (
+        ", or train a modality that needs no original (e.g. --modalities video)")
+    fix = (f"put their originals in ROOT/{dataset.clip_dir}/<id>.mp4 and re-extract them (`dfew_mm extract --dataset "
+           f"{dataset.name} --root ROOT --face-source {source} --out {store.path} --overwrite`){instead}"
+           if dataset.clip_dir else f"{dataset.title} distributes face frames only, no original clips: leave out "
+           f"{', '.join(needs)} (e.g. --modalities {','.join(rest) or 'video'})")
+    raise StoreError(
+        f"{context}: {', '.join(needs)} need{'s' if len(needs) == 1 else ''} the clips' original videos, and "
+        f"{len(lacking)} of {len(ids)} clips have none in feature store {store.path} (e.g. {', '.join(lacking[:5])}"
+        f"{' ...' if len(lacking) > 5 else ''}): {fix}")

@@ -7,8 +7,8 @@ its name (`--dataset`, `data.dataset`):
     classes      class names in the dataset's own label order (the library's 0-based label indices)
     folds        the protocol: the folds of k-fold cross-validation, or (1,) for a fixed train/test split
     layout       where the original clips (`clip_dir`, with their audio) and the face frames the dataset
-                 distributes (`face_sources`: face source name -> folder of per-clip frame folders) live
-                 under the root; `layout` describes it for error messages
+                 distributes (`face_sources`: face source name -> its FrameFolders, dfew_mm.datasets.frame_folders)
+                 live under the root; `layout` describes it for error messages
     split files  where fold k's train and test lists are (`split_folder`, `split_path`) and how one is
                  read (`read_split`: clip id -> 0-based label; bad lines are errors naming file and line)
     ids          how a clip's name in a split file, a file name or a folder becomes its store id
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
+from dfew_mm.constants import FACE_SOURCE_DETECT
+from dfew_mm.datasets.frame_folders import FrameFolders, index_frame_folders
 from dfew_mm.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -36,9 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "test")  # the split files of a fold (validation is carved out of train when training)
-DETECT = "detect"  # the face source that runs dfew_mm's own face detector on the original clip
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".mpg", ".mpeg", ".webm", ".gif", ".m4v")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SHOWN = 3  # offending lines quoted in an error message
 
 
@@ -56,8 +56,8 @@ class SynthClip:
     """Where `dfew_mm synth` puts one clip of a dataset's layout (paths relative to the root)."""
 
     name: str  # the clip as its split files list it
-    video: Path | None  # original clip (H.264 + AAC), None for a frames-only dataset
-    frames: Path | None  # folder of face-frame images, None where the dataset ships none
+    video: Path | None  # original clip (H.264 + AAC), None for a dataset that ships none
+    frames: Path | None  # the clip's frame folder inside each face source's folder, None where it ships none
 
 
 # -- small helpers shared by the dataset files --------------------------------------------------
@@ -152,16 +152,6 @@ def class_indices(path: Path, title: str, classes: Sequence[str], lines: Sequenc
     return [index[name.lower()] for name in names]
 
 
-def frame_files(folder: Path) -> list[Path]:
-    """The image files of one clip's frame folder in frame order: by the number in their name
-    (1.jpg .. 16.jpg, 000.jpg ..), then by name."""
-    def order(path: Path) -> tuple:
-        digits = "".join(ch for ch in path.stem if ch.isascii() and ch.isdigit())
-        return (int(digits) if digits else -1, path.name)
-
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=order)
-
-
 # -- the protocol ---------------------------------------------------------------------------------
 class Dataset:
     """Base of every dataset; see the module docstring for the protocol."""
@@ -171,8 +161,7 @@ class Dataset:
     classes: ClassVar[tuple[str, ...]]
     folds: ClassVar[tuple[int, ...]]
     clip_dir: ClassVar[str] = ""  # folder of original clips <id>.<ext> under the root; "": none distributed
-    face_sources: ClassVar[dict[str, str]] = {}  # distributed face frames: source name -> folder under the root
-    frame_rate: ClassVar[float] = 25.0  # nominal rate of the distributed frames (fps), for clips without an original
+    face_sources: ClassVar[dict[str, FrameFolders]] = {}  # the face frames it distributes, by `--face-source` name
     split_folder: ClassVar[str]  # where the split files live under the root (--splits-dir replaces it)
     layout: ClassVar[str]  # the expected layout, shown with errors about a copy
 
@@ -203,7 +192,23 @@ class Dataset:
     @classmethod
     def default_face_source(cls) -> str:
         """The project's detector on the original clips where the dataset ships them, else its first face frames."""
-        return DETECT if cls.clip_dir or not cls.face_sources else next(iter(cls.face_sources))
+        return FACE_SOURCE_DETECT if cls.clip_dir or not cls.face_sources else next(iter(cls.face_sources))
+
+    @classmethod
+    def frames_of(cls, name: str) -> FrameFolders:
+        """The face frames named `name`; DatasetError listing the dataset's face frames for any other name."""
+        source = cls.face_source(name)
+        if source is None:
+            raise DatasetError(f"face source '{name}' detects faces in the original clips: it has no frame folders")
+        return source
+
+    @classmethod
+    def face_source(cls, name: str) -> FrameFolders | None:
+        """The face frames named `name`; None for `detect` (faces detected in the original clips)."""
+        valid = [*([FACE_SOURCE_DETECT] if cls.clip_dir else []), *cls.face_sources]
+        if name not in valid:
+            raise DatasetError(f"unknown face source '{name}' for {cls.title}: choose one of {', '.join(valid)}")
+        return cls.face_sources.get(name)
 
     # -- split files -------------------------------------------------------------------------------
     def split_path(self, k: int, part: str) -> Path:
@@ -302,25 +307,33 @@ class Dataset:
         return index
 
     def frame_folders(self, source: str) -> dict[str, Path]:
-        """Clip id -> folder of its face frames from face source `source`."""
-        folder = self.face_root(source)
-        return {self.clip_id(path.name, str(folder)): path for path in sorted(folder.iterdir()) if path.is_dir()}
-
-    def face_root(self, source: str) -> Path:
-        """The folder of per-clip frame folders of face source `source` (checked)."""
-        if source not in self.face_sources:
-            valid = ", ".join([*([DETECT] if self.clip_dir else []), *self.face_sources])
-            raise DatasetError(f"face source {source!r} is not one of {self.title}'s: {valid}")
+        """Clip id -> its folder of face frames in face source `source` ({} when the copy lacks that folder)."""
+        folder = self.frames_of(source).folder
         if self.root is None:
             raise DatasetError(f"give the {self.title} root (--root) to find its face frames")
-        folder = self.root / self.face_sources[source]
-        if not folder.is_dir():
-            raise DatasetError(f"face frame folder {folder} does not exist\n{self.layout}")
-        return folder
 
-    def clips(self, face_source: str) -> dict[str, Path]:
-        """What extraction reads per clip id: the original clip (face source `detect`) or the clip's frame folder."""
-        return self.clip_files() if face_source == DETECT else self.frame_folders(face_source)
+        def clip(name: str) -> str | None:
+            try:
+                return self.clip_id(name, "")
+            except DatasetError:
+                return None
+
+        return index_frame_folders(self.root / folder, clip)  # type: ignore[return-value]
+
+    def clip_sources(self) -> tuple[dict[str, Path] | None, dict[str, dict[str, Path]]]:
+        """(clip id -> original clip, None without the clip folder; face source -> clip id -> frame folder, for
+        the face frame folders this copy has). DatasetError when it has neither."""
+        if self.root is None:
+            raise DatasetError(f"give the {self.title} root (--root) to find its clips")
+        frames = {name: self.frame_folders(name) for name, s in self.face_sources.items()
+                  if (self.root / s.folder).is_dir()}
+        if not self.clip_dir or not (self.root / self.clip_dir).is_dir():
+            if not frames:
+                what = (f"clip folder {self.root / self.clip_dir} does not exist, nor any face frame folder"
+                        if self.clip_dir else f"no face frame folder under {self.root}")
+                raise DatasetError(f"{what}\n{self.layout}")
+            return None, frames
+        return self.clip_files(), frames
 
     # -- synthetic copies (dfew_mm synth) ------------------------------------------------------------
     def synth_clip(self, number: int, label: int) -> SynthClip:
@@ -329,8 +342,9 @@ class Dataset:
 
 
 def fold_summary(folds: Sequence[Fold], classes: Sequence[str], clip_files: dict | None = None,
-                 frame_folders: dict | None = None) -> pd.DataFrame:
-    """Per fold and split: clip counts, class distribution, and how many have a clip file / face frames."""
+                 face_frames: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Per fold and split: clip counts, class distribution (`classes` order), how many have a video file
+    (`with_video`) and how many have face frames in each face source of `face_frames` (`with_<source>`)."""
     import numpy as np
     import pandas as pd
 
@@ -342,8 +356,8 @@ def fold_summary(folds: Sequence[Fold], classes: Sequence[str], clip_files: dict
             row.update({name: int(c) for name, c in zip(classes, counts)})
             if clip_files is not None:
                 row["with_video"] = int(frame.index.isin(list(clip_files)).sum())
-            if frame_folders is not None:
-                row["with_frames"] = int(frame.index.isin(list(frame_folders)).sum())
+            for name, folders in (face_frames or {}).items():
+                row[f"with_{name}"] = int(frame.index.isin(list(folders)).sum())
             rows.append(row)
     return pd.DataFrame(rows)
 

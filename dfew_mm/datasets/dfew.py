@@ -1,8 +1,11 @@
-"""DFEW: split files, 5 folds, clip file index, and their validation.
+"""DFEW: split files, 5 folds, clip file index, face frame folders, and their validation.
 
 Layout: ROOT/Clip/original/<id>.mp4 and ROOT/EmoLabel_DataSplit/{train,test}(single-labeled)/set_k.csv
 with columns `video_name,label` and labels 1..7 (CLASSES, in this order). Clip ids are normalised to
-integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip (store id '1').
+integers, so `1.mp4`, `00001.mp4` and a CSV row `00001` are the same clip (store id '1'). DFEW also
+distributes face frames (FACE_SOURCES): every frame of a clip, ROOT/Clip/clip_224x224/<id>/1.jpg ...,
+and 16 frames spread over it, ROOT/Clip/clip_224x224_16f/<id>/1.jpg .. 16.jpg; some copies hold only
+those and the split files, without Clip/original.
 Protocol: 5-fold cross-validation over the 11,697 single-labelled clips; fold k trains on
 train(single-labeled)/set_k.csv and tests on test(single-labeled)/set_k.csv.
 
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 from dfew_mm.datasets import base
 from dfew_mm.datasets.base import (VIDEO_SUFFIXES, Dataset, Fold, SynthClip, bad_lines, clip_ids, is_clip_number,
                                    split_frame, video_file_problem, warn_skipped)
+from dfew_mm.datasets.frame_folders import FrameFolders
 from dfew_mm.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -35,9 +39,16 @@ TRAIN_DIR = "train(single-labeled)"
 TEST_DIR = "test(single-labeled)"
 CLIP_DIR = Path("Clip") / "original"
 FOLDS = (1, 2, 3, 4, 5)
+# The originals run at 23.976 to 25 fps; without one, full-rate face frames are timed at this rate.
+NOMINAL_FPS = 24.0
+FACE_SOURCES = {source.name: source for source in (
+    FrameFolders("clip_224x224", Path("Clip") / "clip_224x224", full_rate=True, fps=NOMINAL_FPS, dataset="DFEW"),
+    FrameFolders("clip_224x224_16f", Path("Clip") / "clip_224x224_16f", full_rate=False, fps=NOMINAL_FPS,
+                 dataset="DFEW"),
+)}
 EXPECTED_LAYOUT = (
     "expected DFEW layout:\n"
-    "  ROOT/Clip/original/<id>.mp4\n"
+    "  ROOT/Clip/original/<id>.mp4 (and/or face frames ROOT/Clip/clip_224x224[_16f]/<id>/1.jpg ...)\n"
     f"  ROOT/{SPLIT_DIRNAME}/{TRAIN_DIR}/set_1.csv .. set_5.csv\n"
     f"  ROOT/{SPLIT_DIRNAME}/{TEST_DIR}/set_1.csv .. set_5.csv\n"
     "(CSV columns video_name,label; labels 1..7). Use --splits-dir if the split files live elsewhere."
@@ -136,9 +147,11 @@ def index_clip_files(clips_dir: Path) -> dict[int, Path]:
     return index
 
 
-def fold_summary(folds: list[Fold], clip_files: dict[int, Path] | None) -> pd.DataFrame:
-    """Per fold and split: clip counts, class distribution, and how many have a video file."""
-    return base.fold_summary(folds, CLASSES, clip_files)
+def fold_summary(folds: list[Fold], clip_files: dict[int, Path] | None,
+                 face_frames: dict[str, dict[int, Path]] | None = None) -> pd.DataFrame:
+    """Per fold and split: clip counts, class distribution, how many have a video file (`with_video`)
+    and how many have face frames in each of `face_frames` (`with_<source>`)."""
+    return base.fold_summary(folds, CLASSES, clip_files, face_frames)
 
 
 def unique_clips(folds: list[Fold]) -> pd.Index:
@@ -157,7 +170,7 @@ class Dfew(Dataset):
     classes = CLASSES
     folds = FOLDS
     clip_dir = str(CLIP_DIR)
-    frame_rate = 25.0
+    face_sources = FACE_SOURCES
     split_folder = SPLIT_DIRNAME
     layout = EXPECTED_LAYOUT
 
@@ -182,4 +195,4 @@ class Dfew(Dataset):
 
     def synth_clip(self, number: int, label: int) -> SynthClip:
         name = f"{number:05d}"
-        return SynthClip(name, CLIP_DIR / f"{name}.mp4", None)
+        return SynthClip(name, CLIP_DIR / f"{name}.mp4", Path(name))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from dfew_mm.datasets.base import Dataset, SynthClip, bad_lines, class_indices, clip_ids, read_fields, split_frame
+from dfew_mm.datasets.frame_folders import FrameFolders
 from dfew_mm.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ class Ferv39k(Dataset):
     title = "FERV39k"
     classes = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
     folds = (1,)
-    face_sources = {FACE_FOLDER: FACE_FOLDER}
-    frame_rate = 25.0  # nominal; the frame folders carry no time stamps
+    # every frame of a clip's face track; the folders carry no time stamps, so frames are timed at a nominal rate
+    face_sources = {FACE_FOLDER: FrameFolders(FACE_FOLDER, Path(FACE_FOLDER), full_rate=True, fps=25.0,
+                                              dataset="FERV39k")}
     split_folder = "4_setups/All_scenes"
     layout = ("expected FERV39k layout:\n"
               f"  ROOT/{FACE_FOLDER}/<scene>/<class>/<clip>/<frame>.jpg\n"
@@ -69,13 +71,14 @@ class Ferv39k(Dataset):
             raise DatasetError(f"{where}: clip '{raw}' is not a FERV39k clip path <scene>/<class>/<clip>")
         return ID_SEPARATOR.join(parts)
 
-    def face_root(self, source: str) -> Path:
-        folder = super().face_root(source)
-        nested = folder / FACE_FOLDER  # copies unpacked into a folder of the archive's name
-        return nested if nested.is_dir() else folder
-
     def frame_folders(self, source: str) -> dict[str, Path]:
-        folder = self.face_root(source)
+        """Clip id -> frame folder, three levels down (<scene>/<class>/<clip>); {} without the folder."""
+        folder_of = self.frames_of(source).folder
+        if self.root is None:
+            raise DatasetError("give the FERV39k root (--root) to find its face frames")
+        folder = self.root / folder_of
+        if (folder / FACE_FOLDER).is_dir():  # copies unpacked into a folder of the archive's name
+            folder = folder / FACE_FOLDER
         return {ID_SEPARATOR.join(path.relative_to(folder).parts): path
                 for path in sorted(folder.glob("/".join(["*"] * DEPTH))) if path.is_dir()}
 
@@ -84,4 +87,4 @@ class Ferv39k(Dataset):
 
     def synth_clip(self, number: int, label: int) -> SynthClip:
         name = f"Synthetic/{self.classes[label].capitalize()}/{number:04d}"
-        return SynthClip(name, None, Path(FACE_FOLDER) / name)
+        return SynthClip(name, None, Path(name))

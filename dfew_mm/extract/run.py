@@ -25,13 +25,15 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from dfew_mm.constants import FACE_SOURCE_DETECT
 from dfew_mm.data.store import STORE_FORMAT, FeatureStore
 from dfew_mm.datasets import open_dataset
-from dfew_mm.datasets.base import (DETECT, VIDEO_SUFFIXES, Dataset, is_clip_number, natural_key, video_file_problem,
+from dfew_mm.datasets.base import (VIDEO_SUFFIXES, Dataset, is_clip_number, natural_key, video_file_problem,
                                    warn_skipped)
 from dfew_mm.errors import DatasetError, StoreError, WriteError
 from dfew_mm.files import remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
+from dfew_mm.extract.face_frames import ClipFiles
 from dfew_mm.extract.options import ABSENT_SETTINGS, DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
 from dfew_mm.extract.pool import SupervisedPool
 
@@ -41,19 +43,22 @@ SPLITS = ("train", "test")  # the split files of a fold (validation is carved ou
 
 
 # -- which clips -------------------------------------------------------------------------------
-def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None, dataset: Dataset | None = None,
-               face_source: str = DETECT) -> dict[str, Path]:
-    """clip id -> what extraction reads: a video file, or with a `face_source` other than `detect` the
-    clip's folder of face frames. A dataset's ids are its store ids (DFEW's str(int), "42"); other
-    folders use the file stem."""
+def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None, face_source_name: str = FACE_SOURCE_DETECT,
+               dataset: Dataset | None = None) -> dict[str, Path | ClipFiles]:
+    """clip id -> video file, or its `ClipFiles` under a face frame source, for a `dataset` copy (DFEW's at
+    `dfew_root`) or any folder of videos (`clips_dir`). A dataset's ids are its store ids (DFEW's str(int),
+    "42"); other folders use the file stem."""
     if sum(x is not None for x in (dfew_root, clips_dir, dataset)) != 1:
-        raise DatasetError("give exactly one of --dfew-root, --root or --clips-dir")
+        raise DatasetError("give exactly one of --root, --dfew-root or --clips-dir")
     if dfew_root is not None:
         dataset = open_dataset("dfew", dfew_root)
     if dataset is not None:
-        return dataset.clips(face_source)
-    if face_source != DETECT:
-        raise DatasetError(f"--face-source {face_source} reads a dataset's face frames: give --root (or --dfew-root)")
+        if dataset.face_source(face_source_name) is not None:
+            return frame_source_clips(dataset, face_source_name)
+        return original_clips(dataset)
+    if face_source_name != FACE_SOURCE_DETECT:
+        raise DatasetError(f"--face-source {face_source_name} reads a dataset's face frame folders: give "
+                           "--root or --dfew-root (a --clips-dir extraction detects the faces itself)")
     folder = Path(clips_dir)
     if not folder.is_dir():
         raise DatasetError(f"clip folder {folder} does not exist")
@@ -72,6 +77,40 @@ def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None, dat
         clips[path.stem] = path
     warn_skipped(folder, skipped)
     return clips
+
+
+def original_clips(dataset: Dataset) -> dict[str, Path]:
+    """clip id -> original video of a dataset copy; a copy without them says which face source to use."""
+    have = [s.name for s in dataset.face_sources.values() if (dataset.root / s.folder).is_dir()]
+    if not dataset.clip_dir or not (dataset.root / dataset.clip_dir).is_dir():
+        if have:
+            missing = (f"clip folder {dataset.root / dataset.clip_dir} does not exist" if dataset.clip_dir
+                       else f"{dataset.title} distributes no original clips")
+            raise DatasetError(f"{missing}, so faces cannot be detected; this copy has {dataset.title}'s face frames: "
+                               f"use --face-source {' or '.join(have)}")
+    return dataset.clip_files()
+
+
+def frame_source_clips(dataset: Dataset, name: str) -> dict[str, Path | ClipFiles]:
+    """clip id -> `ClipFiles` for every clip with a frame folder of face source `name`, an original, or a
+    line in the split files (a clip with neither gets a failed record saying so)."""
+    source = dataset.frames_of(name)
+    folder = dataset.root / source.folder
+    if not folder.is_dir():
+        raise DatasetError(f"face frame folder {folder} does not exist (--face-source {name}); {dataset.title} "
+                           f"distributes it with the clips, e.g. {source.folder}/<clip>/1.jpg ...")
+    frames = dataset.frame_folders(name)
+    originals = dataset.root / dataset.clip_dir if dataset.clip_dir else None
+    videos = dataset.clip_files() if originals is not None and originals.is_dir() else {}
+    try:
+        listed = {i for fold in dataset.load_folds() for i in (*fold.train.index, *fold.test.index)}
+    except DatasetError as err:  # a copy without (valid) split files still extracts; `folds` and `train` say why
+        log.debug("no split files to list clips from: %s", err)
+        listed = set()
+    absent = (f"neither an original clip in {originals} nor face frames in {folder}" if originals is not None
+              else f"no face frames in {folder}")
+    return {i: ClipFiles(videos.get(i), frames.get(i), source, absent)
+            for i in sorted(set(frames) | set(videos) | listed, key=natural_key)}
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -167,6 +206,9 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
                 advice = (f"the store is of format {saved['store_format']}, without the waveform array: first "
                           f"run `python preprocess/extract.py --add-waveform --out {store.path} "
                           "--dfew-root ROOT` (or --clips-dir DIR), which adds it without redoing faces and pose")
+            if "face_source" in diff:  # faces cut by two sources in one store would look like one
+                advice = (f"each face source needs its own store: use another --out for --face-source "
+                          f"{options.face_source} (or --overwrite to redo all clips)")
             if "darken" in diff:  # darkening a store's clips again, or mixing two strengths in one store
                 advice = (f"each darkening strength needs its own store: use another --out for --darken "
                           f"{options.darken:g} (or --overwrite to redo all clips)")
@@ -222,7 +264,7 @@ def resolve_models(options: ExtractOptions, assets_dir: str | Path | None) -> di
     return {key: resolve_model(key, assets_dir) for key in options.model_keys()}
 
 
-def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOptions = ExtractOptions(),
+def run_extraction(clips: list[tuple[str, Path | ClipFiles]], out: Path, options: ExtractOptions = ExtractOptions(),
                    workers: int = 1, assets_dir: Path | None = None, overwrite: bool = False,
                    progress: bool = True, clip_timeout: float = DEFAULT_CLIP_TIMEOUT_S) -> RunSummary:
     """Extract `clips` into the store at `out`, resuming unless `overwrite`; returns a summary.
@@ -232,6 +274,10 @@ def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOpt
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
+    listed_for = {path.source.name if isinstance(path, ClipFiles) else FACE_SOURCE_DETECT for _, path in clips}
+    if listed_for - {options.face_source}:
+        raise DatasetError(f"face source {options.face_source}: list the clips with list_clips(..., face_source_name="
+                           f"{options.face_source!r}) (video files for detect, ClipFiles for a face frame folder)")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

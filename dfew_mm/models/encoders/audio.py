@@ -83,7 +83,6 @@ class AudioEncoder(Encoder):
     Tokens: (B, T_a, D), mask (B, T_a), times (B, T_a) seconds."""
 
     name = "audio"
-    presence = "has_audio"
     Config = AudioEncoderConfig
     cacheable = True
     ranges = {

@@ -7,7 +7,6 @@ registry (`__init__.py`). The class says, for its name (`model.modalities`, `--m
               ranges          numeric bounds of that section, checked when a config is loaded
               check_config    the other checks (backbone names, tuning choices), before any data is read
     store     store_arrays    the per-clip store arrays its samples read, for its config
-              presence        the manifest column that says a clip has its input (face_rate, has_audio, ..)
               extract_option  the extraction switch that writes them when a default extraction does not
               store_problems  what a store lacks for its config, with what to re-extract
     sample    cut             its sample tensors from a clip's stored arrays at the sampled frames
@@ -113,7 +112,6 @@ class Encoder(nn.Module):
     # the ExtractOptions switch (preprocess/extract.py --<switch>) that writes its arrays; "": every extraction does
     extract_option: ClassVar[str] = ""
     cacheable: ClassVar[bool] = False
-    presence: ClassVar[str] = ""  # manifest column, true or above 0 for a clip with this modality's input
     ranges: ClassVar[Mapping[str, tuple[float, float, bool]]] = {}  # field -> (lowest, highest, lowest excluded?)
     output_dim: int
 

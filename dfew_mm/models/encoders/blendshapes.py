@@ -29,7 +29,6 @@ class BlendshapeEncoder(Encoder):
     the landmarker scored it (the store holds zeros elsewhere). Tokens: (B, T, D) per frame."""
 
     name = "blendshapes"
-    presence = "face_rate"
     Config = BlendshapeEncoderConfig
     default = False  # a default extraction does not write the array
     extract_option = "blendshapes"

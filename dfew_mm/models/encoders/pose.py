@@ -39,7 +39,6 @@ class PoseEncoder(Encoder):
     """Sample: pose (T, 33, 4) float32, pose_mask (T,) bool, a body was found. Tokens: (B, T, D) per frame."""
 
     name = "pose"
-    presence = "pose_rate"
     Config = PoseEncoderConfig
     ranges = MLP_RANGES
 

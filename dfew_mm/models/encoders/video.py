@@ -61,7 +61,6 @@ class VideoEncoder(Encoder):
     video_mask (T,) bool, a face was found in that frame. Tokens: (B, T, D) per-frame features."""
 
     name = "video"
-    presence = "face_rate"
     Config = VideoEncoderConfig
     cacheable = True
     ranges = {"input_size": (0, 1024, False)}
