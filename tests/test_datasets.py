@@ -102,8 +102,7 @@ def test_ferv39k_split_lines_ids_and_frame_folders(tmp_path):
     (setups / "test_All.csv").write_text("Action/Fear/0001 Fear\nAction/0002 Fear\n")
     with pytest.raises(DatasetError, match=r"test_All.csv: clip 'Action/0002' is not a FERV39k clip path .*\(line 2\)"):
         ferv.fold(1)
-    with pytest.raises(DatasetError, match="unknown face source 'clip_224x224' for FERV39k: choose one of "
-                                           "2_ClipsforFaceCrop$"):
+    with pytest.raises(DatasetError, match="unknown face source 'clip_224x224': choose one of 2_ClipsforFaceCrop$"):
         ferv.frame_folders("clip_224x224")
 
 

@@ -207,7 +207,7 @@ class Dataset:
         """The face frames named `name`; None for `detect` (faces detected in the original clips)."""
         valid = [*([FACE_SOURCE_DETECT] if cls.clip_dir else []), *cls.face_sources]
         if name not in valid:
-            raise DatasetError(f"unknown face source '{name}' for {cls.title}: choose one of {', '.join(valid)}")
+            raise DatasetError(f"unknown face source '{name}': choose one of {', '.join(valid)}")
         return cls.face_sources.get(name)
 
     # -- split files -------------------------------------------------------------------------------

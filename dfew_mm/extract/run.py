@@ -58,7 +58,7 @@ def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None, fac
         return original_clips(dataset)
     if face_source_name != FACE_SOURCE_DETECT:
         raise DatasetError(f"--face-source {face_source_name} reads a dataset's face frame folders: give "
-                           "--root or --dfew-root (a --clips-dir extraction detects the faces itself)")
+                           "--dfew-root or --root (a --clips-dir extraction detects the faces itself)")
     folder = Path(clips_dir)
     if not folder.is_dir():
         raise DatasetError(f"clip folder {folder} does not exist")
