@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dfew_mm.data.dfew import TEST_DIR, TRAIN_DIR
+from dfew_mm.datasets.dfew import TEST_DIR, TRAIN_DIR
 
 SETS = {"face": "face", "pose": "pose", "audio": "audio", "all": "face,pose,audio"}
 SINGLES = ("video", "pose", "audio")

@@ -1,7 +1,8 @@
 """Low-light analysis of prediction files: the tables and figures behind notebooks/low_light_analysis.
 
-Input is a folder of prediction files written by `dfew_mm evaluate` (PREDICTION_COLUMNS), one or
-more runs, folds, modality subsets and darkening strengths. A *system* is a model configuration
+Input is a folder of prediction files written by `dfew_mm evaluate` (dfew_mm.predictions), one or
+more runs, folds, modality subsets and darkening strengths, all of one dataset: the class names and
+their order come from the files' probability columns (`classes_of`), never from this module. A *system* is a model configuration
 evaluated with a modality subset, labelled by that subset ("video", "video+pose", ...); the folds of
 a cross-validation pool into one system. Brightness of a clip is the mean luma of its face crops (`face_luma_mean`);
 for clips where no face was found it falls back to the whole-frame `luma_mean`, because those are
@@ -25,10 +26,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import CLASSES, DARK_FACE_LUMA
+from dfew_mm.constants import DARK_FACE_LUMA
 from dfew_mm.models.encoders import ENCODERS
 from dfew_mm.errors import DfewMMError
-from dfew_mm.predictions import PREDICTION_COLUMNS, RELIANCE_COLUMNS, metrics_path_for, upgrade_predictions
+from dfew_mm.predictions import (RELIANCE_COLUMNS, classes_of, metrics_path_for, prediction_columns,
+                                 upgrade_predictions)
 from dfew_mm.metrics import classification_metrics
 from dfew_mm.stats import (format_interval, mcnemar, mean_interval, metric_intervals, paired_difference,
                            proportion_interval)
@@ -49,12 +51,16 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
     if not files:
         raise DfewMMError(f"no prediction files in {folder}: write them with "
                           "`dfew_mm evaluate ... --out {folder}/NAME.csv`")
-    frames = []
+    frames, classes = [], None
     for path in files:
         frame = upgrade_predictions(pd.read_csv(path, dtype={"clip_id": str}))
-        missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DfewMMError(f"{path} lacks prediction columns {missing}; re-run `dfew_mm evaluate`")
+        missing = [c for c in prediction_columns(classes_of(frame)) if c not in frame.columns]
+        if missing or not classes_of(frame):
+            raise DfewMMError(f"{path} lacks prediction columns {missing or ['prob_<class>']}; re-run `dfew_mm evaluate`")
+        if classes is not None and classes_of(frame) != classes:
+            raise DfewMMError(f"{path} predicts the classes {', '.join(classes_of(frame))}, the other files of "
+                              f"{folder} {', '.join(classes)}: analyse one dataset's predictions per folder")
+        classes = classes_of(frame)
         frames.append(frame.assign(source=path.name))
     data = pd.concat(frames, ignore_index=True)
     data["system"] = _system_labels(data)
@@ -296,8 +302,8 @@ def paired_comparisons(data: pd.DataFrame, baseline: str = "video", clip_ids: Se
         diff = paired_difference(y, pred, base)
         test = mcnemar(pred == y, base == y)
         out.append({"system": system, "n": len(both),
-                    "uar": classification_metrics(y, pred)["uar"],
-                    "uar_baseline": classification_metrics(y, base)["uar"],
+                    "uar": classification_metrics(y, pred, classes_of(data))["uar"],
+                    "uar_baseline": classification_metrics(y, base, classes_of(data))["uar"],
                     "uar_diff": diff["diff"], "uar_diff_low": diff["low"], "uar_diff_high": diff["high"],
                     "p_boot": diff["p"], "fixed": test["a_only"], "broken": test["b_only"], "p_mcnemar": test["p"]})
     return pd.DataFrame(out, columns=["system", "n", "uar", "uar_baseline", "uar_diff", "uar_diff_low",
@@ -381,15 +387,15 @@ def _pairs(data: pd.DataFrame, baseline: str, clip_ids: Sequence[str] | None, pe
 
 def per_class_recall(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
                      perturbation: str = NATURAL) -> pd.DataFrame:
-    """Recall per class (columns, CLASSES order) per system (rows); NaN where a class is absent."""
+    """Recall per class (columns, the dataset's class order) per system (rows); NaN where a class is absent."""
     rows = data[data["perturbation"] == perturbation]
     if clip_ids is not None:
         rows = rows[rows["clip_id"].isin(set(clip_ids))]
     table = {}
     for system in systems_in_order(rows):
         group = rows[rows["system"] == system]
-        table[system] = classification_metrics(group["label"], group["pred"])["per_class_recall"]
-    return pd.DataFrame.from_dict(table, orient="index", columns=list(CLASSES))
+        table[system] = classification_metrics(group["label"], group["pred"], classes_of(data))["per_class_recall"]
+    return pd.DataFrame.from_dict(table, orient="index", columns=list(classes_of(data)))
 
 
 def per_class_intervals(data: pd.DataFrame, clip_ids: Sequence[str] | None = None,
@@ -403,7 +409,7 @@ def per_class_intervals(data: pd.DataFrame, clip_ids: Sequence[str] | None = Non
     out = []
     for system in systems_in_order(rows):
         group = rows[rows["system"] == system]
-        for i, name in enumerate(CLASSES):
+        for i, name in enumerate(classes_of(data)):
             members = group[group["label"] == i]
             n, right = len(members), int(members["correct"].sum())
             low, high = proportion_interval(right, n)
@@ -413,11 +419,11 @@ def per_class_intervals(data: pd.DataFrame, clip_ids: Sequence[str] | None = Non
 
 
 def class_counts(data: pd.DataFrame, clip_ids: Sequence[str] | None = None) -> pd.Series:
-    """Number of distinct clips per true class (CLASSES order), optionally among `clip_ids`."""
+    """Number of distinct clips per true class (the dataset's class order), optionally among `clip_ids`."""
     rows = data.drop_duplicates(["fold", "clip_id"])
     if clip_ids is not None:
         rows = rows[rows["clip_id"].isin(set(clip_ids))]
-    return rows["label_name"].value_counts().reindex(list(CLASSES), fill_value=0)
+    return rows["label_name"].value_counts().reindex(list(classes_of(data)), fill_value=0)
 
 
 # -- modality reliance (`dfew_mm evaluate --attribution`) -------------------------------------------
@@ -635,21 +641,22 @@ def plot_per_class(table: pd.DataFrame, title: str = "per-class recall on low-li
     """Bars of recall per class and system with their intervals, from `per_class_intervals`."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4))
+    classes = list(dict.fromkeys(table["class"]))  # per_class_intervals lists them in the dataset's order
+    fig, ax = plt.subplots(figsize=(max(11, 1.2 * len(classes)), 4))
     order = systems_in_order(table) if len(table) else []
     width = 0.8 / max(1, len(order))
-    x = np.arange(len(CLASSES))
+    x = np.arange(len(classes))
     for i, system in enumerate(order):
-        part = table[table["system"] == system].set_index("class").reindex(list(CLASSES))
+        part = table[table["system"] == system].set_index("class").reindex(classes)
         recall = 100 * part["recall"].to_numpy(dtype=float)
         yerr = [recall - 100 * part["recall_low"].to_numpy(dtype=float),
                 100 * part["recall_high"].to_numpy(dtype=float) - recall]
         ax.bar(x + i * width - 0.4 + width / 2, recall, width, yerr=yerr, capsize=2, label=system,
                error_kw={"elinewidth": 0.8})
-    counts = table.drop_duplicates("class").set_index("class")["n"].reindex(list(CLASSES), fill_value=0)
+    counts = table.drop_duplicates("class").set_index("class")["n"].reindex(classes, fill_value=0)
     for xi in x[counts.to_numpy() == 0]:
         ax.text(xi, 2, "absent", ha="center", fontsize=8, color="grey")
-    ax.set_xticks(x, [f"{c}\n(n={counts[c]})" for c in CLASSES])
+    ax.set_xticks(x, [f"{c}\n(n={counts[c]})" for c in classes])
     ax.set_xlabel("class (n = clips of the class); no bar above a present class: recall 0")
     ax.set_ylabel("recall (%), 95% CI")
     ax.set_ylim(0, 105)

@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dfew_mm.config import TrainConfig
-from dfew_mm.constants import NUM_CLASSES
+from dfew_mm.datasets import default_classes
 from dfew_mm.distributed import Dist, gather
 from dfew_mm.errors import ConfigError
 from dfew_mm.inference import run_inference
@@ -158,14 +158,16 @@ def ogm_coefficients(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     return 1.0 - torch.tanh(alpha * (ratio - 1.0).clamp_min(0.0))
 
 
-def chance_uar_bound(labels, z: float = 2.0) -> float:
+def chance_uar_bound(labels, z: float = 2.0, n_classes: int | None = None) -> float:
     """What a member that guesses at random reaches on these clips: the chance UAR 1/C plus `z`
     standard deviations of the UAR of random guesses (each class's recall is a binomial share with
-    p = 1/C over its n_c clips). On 15 validation clips this is about 0.32, on 900 about 0.16: small
-    validation sets must not hand a memorising member weight by luck."""
-    counts = np.bincount(np.asarray(labels), minlength=NUM_CLASSES)
+    p = 1/C over its n_c clips), C = `n_classes` of the dataset (default: the default dataset's). With
+    7 classes, on 15 validation clips this is about 0.32, on 900 about 0.16: small validation sets must
+    not hand a memorising member weight by luck."""
+    n_classes = n_classes or len(default_classes())
+    counts = np.bincount(np.asarray(labels), minlength=n_classes)
     counts = counts[counts > 0]
-    p = 1.0 / NUM_CLASSES
+    p = 1.0 / n_classes
     sd = float(np.sqrt((p * (1 - p) / counts).sum()) / len(counts))
     return p + z * sd
 
@@ -193,7 +195,7 @@ def fit_member_weights(model: EmotionModel, loader, d: Dist, amp: bool) -> dict[
         if not there.any():  # no clip with this member's input: no say
             weights.append(0.0)
             continue
-        uar = classification_metrics(y[there].numpy(), pred[there].numpy())["uar"]
-        weights.append(max(uar - chance_uar_bound(y[there].numpy()), 0.0))
+        uar = classification_metrics(y[there].numpy(), pred[there].numpy(), model.classes)["uar"]
+        weights.append(max(uar - chance_uar_bound(y[there].numpy(), n_classes=model.num_classes), 0.0))
     model.member_weights.copy_(torch.tensor(weights))
     return {f"weight_{m}": round(w, 4) for m, w in zip(model.mixed, weights)}

@@ -1,5 +1,10 @@
 """Checkpoints: atomic saves, RNG state for exact resume, loading with model-config checks.
 
+A checkpoint holds `model` (weights), `config` (the resolved experiment config), `meta`, and `classes`:
+the dataset's class names in label order, so that `evaluate` and `predict` size the heads and name
+the outputs without the dataset. Checkpoints written before datasets had their own classes lack the
+key and are read as models of the dataset their config names (DFEW for all of them).
+
 A save that fails (full disk, no permission) raises one WriteError naming the file and leaves the
 previous checkpoint and no temporary file behind; temporary files of saves killed outright are
 removed when the next run starts (`remove_stale_checkpoint_temps`).
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 
 from dfew_mm.config import from_dict, to_dict
+from dfew_mm.datasets import get_dataset
 from dfew_mm.errors import DfewMMError, WriteError
 from dfew_mm.files import atomic_write_bytes, remove_stale_temp_files
 from dfew_mm.models import EmotionModel, build_model
@@ -81,6 +87,16 @@ def read_checkpoint(path: Path, map_location) -> dict:
     return ckpt
 
 
+def checkpoint_classes(ckpt: dict, cfg) -> tuple[str, ...]:
+    """The class names a checkpoint's heads predict: saved with it, else those of its config's dataset."""
+    saved = ckpt.get("classes")
+    if saved is None:
+        return get_dataset(cfg.data.dataset).classes
+    if not isinstance(saved, (list, tuple)) or not all(isinstance(c, str) for c in saved):
+        raise DfewMMError(f"the checkpoint's 'classes' is not a list of class names: {saved!r}")
+    return tuple(saved)
+
+
 def load_weights(model: EmotionModel, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
@@ -89,7 +105,7 @@ def load_weights(model: EmotionModel, state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", model_cfg=None):
-    """(model in eval mode, ExperimentConfig, meta) from best.pt / last.pt.
+    """(model in eval mode, ExperimentConfig, meta) from best.pt / last.pt; `model.classes` names its outputs.
 
     With `model_cfg`, the checkpoint must come from that model configuration (else DfewMMError
     listing the differing keys).
@@ -101,7 +117,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", model_cfg=None):
         diff = model_config_diff(to_dict(cfg)["model"], dataclasses.asdict(model_cfg))
         if diff:
             raise DfewMMError(f"{path} was trained with a different model configuration: " + "; ".join(diff))
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, checkpoint_classes(ckpt, cfg))
     load_weights(model, ckpt["model"], path)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)

@@ -67,33 +67,75 @@ def _check_numbers(args, positive: Sequence[str] = (), **bounds: tuple[float, fl
             raise ConfigError(f"{flag} {value:g}: must be {allowed}")
 
 
+# -- datasets --------------------------------------------------------------------------------
+def _add_dataset_args(p: argparse.ArgumentParser, roots: bool = True, dataset_help: str = "") -> None:
+    """--dataset, and with `roots` --root / --dfew-root (the copy) and --splits-dir."""
+    from dfew_mm.datasets import DATASETS, DEFAULT_DATASET
+
+    p.add_argument("--dataset", help=dataset_help or f"{' | '.join(DATASETS)}: classes, layout, split files and "
+                   f"protocol (default {DEFAULT_DATASET}; docs/datasets.md)")
+    if roots:
+        p.add_argument("--root", type=Path, help="the dataset's copy (its layout: docs/datasets.md)")
+        p.add_argument("--dfew-root", type=Path, help="a DFEW copy (--dataset dfew --root DIR)")
+        p.add_argument("--splits-dir", type=Path, help="folder with the split files, if not under the root")
+
+
+def _dataset(args, required: bool = True):
+    """The dataset of --dataset bound to --root (or --dfew-root) and --splits-dir; None when not `required`
+    and neither a root nor a split folder is given."""
+    from dfew_mm.datasets import DEFAULT_DATASET, open_dataset
+    from dfew_mm.errors import ConfigError
+
+    name = args.dataset or DEFAULT_DATASET
+    if args.dfew_root is not None and name != "dfew":
+        raise ConfigError(f"--dfew-root names a DFEW copy: give the {name} copy with --root")
+    root = args.root or args.dfew_root
+    if not required and root is None and args.splits_dir is None:
+        return None
+    return open_dataset(name, root, args.splits_dir)
+
+
 # -- folds ---------------------------------------------------------------------------------
 def _add_folds(sub) -> None:
-    p = _parser(sub, "folds", "Validate a DFEW copy and print per-fold clip counts and class distribution.",
+    p = _parser(sub, "folds", "Validate a dataset copy and print per-fold clip counts and class distribution.",
                 "dfew_mm folds --dfew-root /data/DFEW",
-                "dfew_mm folds --splits-dir ../shared/data/dfew_splits")
-    p.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/ and EmoLabel_DataSplit/")
-    p.add_argument("--splits-dir", type=Path, help="folder with the split CSVs, if not under the root")
-    p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
+                "dfew_mm folds --splits-dir ../shared/data/dfew_splits",
+                "dfew_mm folds --dataset mafw --root /data/MAFW",
+                "dfew_mm folds --dataset ferv39k --root /data/FERV39k")
+    _add_dataset_args(p)
+    p.add_argument("--folds", type=_parse_folds, help="e.g. 1-5 or 1,3 (default: all folds of the dataset)")
 
 
 def _run_folds(args) -> int:
     import pandas as pd
 
-    from dfew_mm.data.dfew import CLIP_DIR, fold_summary, index_clip_files, load_folds, unique_clips
+    from dfew_mm.datasets.base import fold_summary, natural_key, unique_clips
 
-    folds = load_folds(args.dfew_root, args.splits_dir, args.folds)
-    clip_files = None
-    if args.dfew_root is not None:
-        clip_files = index_clip_files(args.dfew_root / CLIP_DIR)
-    table = fold_summary(folds, clip_files)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+    dataset = _dataset(args)
+    folds = dataset.load_folds(args.folds)
+    clip_files, face_frames = None, {}
+    if dataset.root is not None:  # a copy may lack the originals or the face frames, not both
+        clip_files, face_frames = dataset.clip_sources()
+    videos = {} if clip_files is None and dataset.clip_dir else clip_files
+    table = fold_summary(folds, dataset.classes, videos, face_frames)
+    print(f"{dataset.title}: {dataset.protocol()}, {len(dataset.classes)} classes ({', '.join(dataset.classes)})")
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(table.to_string(index=False))
     ids = unique_clips(folds)
-    print(f"\n{len(folds)} folds over {len(ids):,} unique clips")
-    if clip_files is not None:
-        have = int(ids.isin(list(clip_files)).sum())
-        print(f"{have:,} of {len(ids):,} listed clips have a video file under {args.dfew_root / CLIP_DIR}")
+    print(f"\n{len(folds)} fold{'s' if len(folds) > 1 else ''} over {len(ids):,} unique clips")
+    if dataset.root is None:
+        return 0
+    if dataset.clip_dir:
+        have = int(ids.isin(list(clip_files or {})).sum())
+        where = "" if clip_files is not None else " (no such folder: pose and audio need the originals)"
+        print(f"{have:,} of {len(ids):,} listed clips have a video file under {dataset.root / dataset.clip_dir}{where}")
+    for name, folders in face_frames.items():
+        have = int(ids.isin(list(folders)).sum())
+        print(f"{have:,} of {len(ids):,} listed clips have face frames under "
+              f"{dataset.root / dataset.face_sources[name].folder} (--face-source {name})")
+    unlisted = sorted(set(clip_files or {}).union(*face_frames.values()) - set(ids), key=natural_key)
+    if unlisted:
+        print(f"{len(unlisted):,} clips of the copy are in no split file (e.g. {', '.join(unlisted[:5])})")
     return 0
 
 
@@ -102,11 +144,16 @@ def _add_synth(sub) -> None:
     from dfew_mm.synth import SynthConfig
 
     defaults = SynthConfig()
-    p = _parser(sub, "synth", "Write a synthetic dataset in the exact DFEW layout (H.264 + AAC clips, split CSVs).",
+    p = _parser(sub, "synth", "Write a synthetic dataset in a dataset's exact layout (H.264 + AAC clips or face frames, "
+                "split files).",
                 "dfew_mm synth --out /tmp/synth --clips 60",
+                "dfew_mm synth --dataset mafw --out /tmp/mafw --clips 66",
+                "dfew_mm synth --dataset ferv39k --out /tmp/ferv39k --clips 35",
                 "dfew_mm synth --out /tmp/synth --clips 200 --dark-share 0.4 --seed 1",
-                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label")
-    p.add_argument("--out", type=Path, required=True, help="folder to create (DFEW root layout)")
+                "dfew_mm synth --out /tmp/audio_only --clips 140 --cues audio   # only the voice carries the label",
+                "dfew_mm synth --out /tmp/frames_only --clips 60 --face-frames --no-originals   # DFEW's face frames")
+    p.add_argument("--out", type=Path, required=True, help="folder to create (the dataset's root layout)")
+    _add_dataset_args(p, roots=False)
     p.add_argument("--clips", type=int, default=defaults.clips, help="number of clips (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
     p.add_argument("--dark-share", type=float, default=defaults.dark_share,
@@ -116,6 +163,13 @@ def _add_synth(sub) -> None:
                    help="modalities that carry the label, any of face,pose,audio; the others show a random class "
                         "per clip (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="parallel encoder processes (default %(default)s)")
+    p.add_argument("--face-frames", action=argparse.BooleanOptionalAction, default=defaults.face_frames,
+                   help="also write the dataset's face frame folders, DFEW's Clip/clip_224x224/<id>/ (every frame) and "
+                        "Clip/clip_224x224_16f/<id>/ (16 frames); a dataset that ships only face frames (FERV39k) "
+                        "always gets them (default %(default)s)")
+    p.add_argument("--originals", action=argparse.BooleanOptionalAction, default=defaults.originals,
+                   help="write the original clips (DFEW: Clip/original/<id>.mp4); --no-originals with --face-frames "
+                        "gives a copy of face frames and split files only (default %(default)s)")
 
 
 def _run_synth(args) -> int:
@@ -124,10 +178,11 @@ def _run_synth(args) -> int:
     _check_numbers(args, ["seconds"], clips=(1, None), workers=(1, None), dark_share=(0, 1))
 
     cfg = SynthConfig(clips=args.clips, seed=args.seed, dark_share=args.dark_share, seconds=args.seconds,
-                      cues=args.cues)
+                      cues=args.cues, face_frames=args.face_frames, originals=args.originals,
+                      **({"dataset": args.dataset} if args.dataset else {}))
     summary = generate_dataset(args.out, cfg, workers=args.workers)
     print(f"wrote {summary['clips']} clips ({summary['dark']} low-light; label shown by {'+'.join(cfg.cues)}) "
-          f"to {args.out}")
+          f"to {args.out} in the {cfg.dataset} layout")
     return 0
 
 
@@ -142,7 +197,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--store", type=Path, required=True,
                    help="feature store from preprocess/extract.py; one extracted with --darken S gives scene-level "
                         "passes labelled scene:S")
-    p.add_argument("--fold", type=int, help="DFEW fold 1..5 (default: the fold the run trained on)")
+    p.add_argument("--fold", type=int, help="a fold of the dataset's protocol (default: the fold the run trained on)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--modalities", help="subset of the trained modalities, e.g. video or video+pose (default: all)")
     p.add_argument("--darken", default="0",
@@ -153,8 +208,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--attribution", action="store_true",
                    help="also evaluate with each modality masked out and add reliance_<modality> columns: how much "
                         "each clip's prediction leaned on it (needs at least two modalities)")
-    p.add_argument("--dfew-root", type=Path, help="DFEW root for the fold lists (default: the run's config)")
-    p.add_argument("--splits-dir", type=Path, help="split CSV folder (default: the run's config)")
+    _add_dataset_args(p, dataset_help="the dataset of the fold lists (default: the run's; its classes must be the "
+                      "checkpoint's)")
     p.add_argument("--allow-missing", action="store_true", help="leave out fold clips missing from the store")
     p.add_argument("--batch-size", type=int, help="default: the run's batch size")
     p.add_argument("--workers", type=int, help="data loader worker processes (default: the run's data.num_workers)")
@@ -165,12 +220,12 @@ def _run_evaluate(args) -> int:
     from dfew_mm.evaluate import evaluate, metrics_path_for
     from dfew_mm.metrics import format_metrics
 
-    _check_numbers(args, fold=(1, 5), batch_size=(1, None), workers=(0, None))
+    _check_numbers(args, fold=(1, None), batch_size=(1, None), workers=(0, None))
 
     result = evaluate(args.checkpoint, args.store, args.fold, args.split, args.modalities, args.darken, args.out,
                       dfew_root=args.dfew_root, splits_dir=args.splits_dir, allow_missing=args.allow_missing,
                       batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                      attribution=args.attribution)
+                      attribution=args.attribution, root=args.root, dataset=args.dataset)
     for p in result["passes"]:
         leaned = "".join(f"  reliance {m} {v:+.3f}" for m, v in p.get("mean_reliance", {}).items())
         print(f"{p['modalities']:<18} {p['perturbation']:<12} {format_metrics(p)}{leaned}")
@@ -218,12 +273,24 @@ def _add_extract(sub) -> None:
     p = _parser(sub, "extract", "Extract face crops, body pose, audio fbank and quality stats into a feature store.",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --workers 8",
                 "dfew_mm extract --dfew-root /data/DFEW --out features --shard 0/16   # one job of an array",
+                "dfew_mm extract --dfew-root /data/DFEW --out features_16f --face-source clip_224x224_16f",
                 "dfew_mm extract --clips-dir my_videos --out my_features --assets-dir mediapipe_models",
+                "dfew_mm extract --dataset mafw --root /data/MAFW --out features_mafw --workers 8",
+                "dfew_mm extract --dataset ferv39k --root /data/FERV39k --out features_ferv39k   # its face frames",
                 "dfew_mm extract --dfew-root /data/DFEW --out features_dark0.5 --split test --fold 1 --darken 0.5")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dfew-root", type=Path, help="DFEW root with Clip/original/<id>.mp4 (ids become '42')")
+    src.add_argument("--root", type=Path, help="the --dataset copy (its layout: docs/datasets.md); ids are its store ids")
+    src.add_argument("--dfew-root", type=Path,
+                     help="DFEW root with Clip/original/<id>.mp4 and/or face frames (ids become '42')")
     src.add_argument("--clips-dir", type=Path, help="any folder of videos (ids are the file stems)")
+    _add_dataset_args(p, roots=False)
     p.add_argument("--out", type=Path, required=True, help="feature store folder (created; resumed if present)")
+    p.add_argument("--face-source", metavar="SOURCE",
+                   help="where faces come from: 'detect' runs the face detector on the original clips; the name of a "
+                        "face frame folder the dataset distributes (DFEW: clip_224x224, every frame, or "
+                        "clip_224x224_16f, 16 frames; FERV39k: 2_ClipsforFaceCrop) reads those frames instead, pose "
+                        "and audio still from the original where there is one (docs/face_sources.md). Default: "
+                        f"{defaults.face_source} where the dataset ships original clips, else its face frames")
     p.add_argument("--workers", type=int, default=1, help="worker processes, one per core (default 1)")
     p.add_argument("--frames", type=int, default=defaults.frames,
                    help="frames T sampled uniformly per clip (default %(default)s)")
@@ -234,9 +301,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--split", choices=("train", "test"),
                    help="only the clips of this split of --fold (DFEW split files; combines with --ids, --shard, "
                         "--limit)")
-    p.add_argument("--fold", type=int, help="DFEW fold 1..5 of --split")
+    p.add_argument("--fold", type=int, help="fold of --split (1..5 for DFEW and MAFW, 1 for FERV39k)")
     p.add_argument("--splits-dir", type=Path,
-                   help="folder with the DFEW split files for --split (default: under --dfew-root)")
+                   help="folder with the dataset's split files for --split (default: under the root)")
     p.add_argument("--darken", type=float, default=defaults.darken, metavar="S",
                    help="scene-level low light, strength 0..1: darken the full decoded frames before face detection "
                         "and pose (gain, gamma, sensor noise; dfew_mm.lowlight); write each strength to its own "
@@ -261,40 +328,45 @@ def _add_extract(sub) -> None:
 
 
 def _run_extract(args) -> int:
-    from dfew_mm.constants import MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
+    from dfew_mm.constants import FACE_SOURCE_DETECT, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
     from dfew_mm.extract.options import ExtractOptions
     from dfew_mm.extract.run import list_clips, parse_shard, run_extraction, select_clips, split_clip_ids
 
     from dfew_mm.errors import ConfigError
 
     _check_numbers(args, ["clip_timeout"], workers=(1, None), limit=(1, None), frames=(1, MAX_FRAMES),
-                   face_size=(MIN_FACE_SIZE, MAX_FACE_SIZE), darken=(0, 1), fold=(1, 5), darken_seed=(0, None))
+                   face_size=(MIN_FACE_SIZE, MAX_FACE_SIZE), darken=(0, 1), fold=(1, None), darken_seed=(0, None))
     if (args.split is None) != (args.fold is None):
         raise ConfigError("--split and --fold go together, e.g. --split test --fold 1")
-    if args.split and args.dfew_root is None and args.splits_dir is None:
-        raise ConfigError("--split needs the DFEW split files: give --splits-dir (or use --dfew-root)")
+    if args.split and args.clips_dir is not None and args.splits_dir is None:
+        raise ConfigError("--split needs the dataset's split files: give --splits-dir (or use --root)")
+    dataset = _dataset(args, required=False)
+    source = args.face_source or (dataset.default_face_source() if dataset is not None and args.clips_dir is None
+                                  else FACE_SOURCE_DETECT)
     try:
         shard = parse_shard(args.shard) if args.shard else None
         options = ExtractOptions(frames=args.frames, face_size=args.face_size, face_model=args.face_model,
                                  pose_model=args.pose_model, blendshapes=args.blendshapes, darken=args.darken,
-                                 darken_seed=args.darken_seed)
+                                 darken_seed=args.darken_seed, face_source=source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    source_of = {"clips_dir": args.clips_dir} if args.clips_dir is not None else {"dataset": dataset}
     if args.add_waveform:
         from dfew_mm.extract.add_waveform import add_waveform
 
-        print(add_waveform(list_clips(args.dfew_root, args.clips_dir), args.out).line())
+        print(add_waveform(list_clips(**source_of), args.out).line())
         return 0
     split_ids, split_name = None, "the split"
     if args.split:
-        split_ids = split_clip_ids(args.fold, args.split, args.dfew_root, args.splits_dir)
+        split_ids = split_clip_ids(args.fold, args.split, dataset=dataset)
         split_name = f"fold {args.fold}'s {args.split} split"
-    clips = select_clips(list_clips(args.dfew_root, args.clips_dir), args.ids, shard, args.limit,
-                         dfew_ids=args.dfew_root is not None, split_ids=split_ids, split_name=split_name)
+    clips = select_clips(list_clips(**source_of, face_source_name=source), args.ids, shard, args.limit,
+                         split_ids=split_ids, split_name=split_name,
+                         dataset=dataset if args.clips_dir is None else None)
     if not clips:
         where = f" in {split_name}" if args.split else ""
-        print(f"error: no clips selected from {args.dfew_root or args.clips_dir}{where}", file=sys.stderr)
+        print(f"error: no clips selected from {args.root or args.dfew_root or args.clips_dir}{where}", file=sys.stderr)
         return 2
     summary = run_extraction(clips, args.out, options, workers=args.workers, assets_dir=args.assets_dir,
                              overwrite=args.overwrite, clip_timeout=args.clip_timeout)
@@ -312,8 +384,10 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modalities", help="comma-separated modalities, e.g. video,pose (default: the config's; an "
                    "unknown name lists the valid ones, a store lacking a modality's arrays says how to extract them)")
     p.add_argument("--store", help="feature store (data.store)")
+    p.add_argument("--dataset", help="dfew | mafw | ferv39k: classes, split files, protocol (data.dataset)")
+    p.add_argument("--root", help="the dataset's copy with its split files (data.root)")
     p.add_argument("--dfew-root", help="DFEW copy with the split files (data.dfew_root)")
-    p.add_argument("--splits-dir", help="split files elsewhere than DFEW_ROOT (data.splits_dir)")
+    p.add_argument("--splits-dir", help="split files elsewhere than under the root (data.splits_dir)")
     p.add_argument("--allow-missing", action="store_true",
                    help="leave out split clips missing from the store (listed in excluded_clips.csv)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
@@ -326,7 +400,8 @@ def _experiment_config(args, extra: Sequence[str] = ()):
     overrides = list(args.overrides)
     if args.modalities is not None:
         overrides.append(f"model.modalities=[{','.join(resolve_modalities(args.modalities))}]")
-    for flag, key in (("store", "data.store"), ("dfew_root", "data.dfew_root"), ("splits_dir", "data.splits_dir")):
+    for flag, key in (("store", "data.store"), ("dataset", "data.dataset"), ("root", "data.root"),
+                      ("dfew_root", "data.dfew_root"), ("splits_dir", "data.splits_dir")):
         if getattr(args, flag):
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.allow_missing:
@@ -341,7 +416,7 @@ def _add_train(sub) -> None:
                 "dfew_mm train --resume runs/f2            # continue an interrupted run exactly",
                 "torchrun --nproc_per_node 4 -m dfew_mm.cli train --config default   # multi-GPU")
     _add_experiment_args(p)
-    p.add_argument("--fold", type=int, help="DFEW fold 1..5 (data.fold)")
+    p.add_argument("--fold", type=int, help="a fold of the dataset's protocol (data.fold)")
     p.add_argument("--out", help="run directory (train.out_dir)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last.pt with its saved config")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (resume later)")
@@ -376,18 +451,29 @@ def _run_train(args) -> int:
 
 
 def _add_cv(sub) -> None:
-    p = _parser(sub, "cv", "Run the DFEW 5-fold protocol and write a per-fold and mean ± std table of UAR and WAR.",
+    p = _parser(sub, "cv", "Run the dataset's protocol (5 folds for DFEW and MAFW, the fixed split of FERV39k) and "
+                "write a per-fold and mean ± std table of UAR and WAR.",
                 "dfew_mm cv --config default --folds 1-5 --out runs/cv_all",
-                "dfew_mm cv --config tiny --folds 1,2 --modalities pose,audio --out runs/cv_tiny")
+                "dfew_mm cv --config tiny --folds 1,2 --modalities pose,audio --out runs/cv_tiny",
+                "dfew_mm cv --dataset mafw --root /data/MAFW --store features_mafw --out runs/cv_mafw",
+                "dfew_mm cv --config default --folds 1-5 --out runs/cv_all --best-test-epoch   # + papers' protocol")
     _add_experiment_args(p)
-    p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
+    p.add_argument("--folds", type=_parse_folds, help="e.g. 1-5 or 1,3 (default: all folds of the dataset)")
     p.add_argument("--out", required=True, help="folder for fold_k/ runs and cv_summary.{csv,txt}")
+    p.add_argument("--best-test-epoch", action="store_true",
+                   help="also evaluate the test fold after every epoch and report, labelled optimistic, the UAR/WAR "
+                        "of the epoch best on the test fold (what many DFEW papers report) beside the honest "
+                        "figure of the checkpoint chosen on validation; selection and training are unchanged")
 
 
 def _run_cv(args) -> int:
     from dfew_mm.cv import cross_validate, format_summary
 
-    table = cross_validate(_experiment_config(args), args.folds, args.out)
+    from dfew_mm.datasets import get_dataset
+
+    cfg = _experiment_config(args)
+    table = cross_validate(cfg, args.folds or get_dataset(cfg.data.dataset).folds, args.out,
+                           best_test_epoch=args.best_test_epoch)
     if not _finish_distributed():
         return 0
     print(format_summary(table))
@@ -422,17 +508,18 @@ def _add_sweep(sub) -> None:
                 "dfew_mm sweep --config tiny --cache features/synth_emb --folds 1,2 --out runs/sweep_tiny")
     _add_experiment_args(p)
     p.add_argument("--cache", required=True, help="embedding cache from `dfew_mm embed`")
-    p.add_argument("--folds", type=_parse_folds, default=(1, 2, 3, 4, 5), help="e.g. 1-5 or 1,3")
+    p.add_argument("--folds", type=_parse_folds, help="e.g. 1-5 or 1,3 (default: all folds of the dataset)")
     p.add_argument("--out", required=True, help="folder for <modalities>/fold_k/ runs and sweep_summary.{csv,txt}")
 
 
 def _run_sweep(args) -> int:
     from dfew_mm.cv import sweep
     from dfew_mm.data.embeddings import EmbeddingCache
+    from dfew_mm.datasets import get_dataset
 
     frozen = [f"model.{m}.freeze=all" for m in EmbeddingCache(args.cache).modalities]  # what the cache holds
     cfg = _experiment_config(args, [f"data.embedding_cache={args.cache}", *frozen])
-    sweep(cfg, args.folds, args.out)
+    sweep(cfg, args.folds or get_dataset(cfg.data.dataset).folds, args.out)
     if not _finish_distributed():
         return 0
     print((Path(args.out) / "sweep_summary.txt").read_text(), end="")
@@ -529,7 +616,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfew_mm",
-        description="Multimodal (face video, body pose, audio) emotion recognition on DFEW.",
+        description="Multimodal (face video, body pose, audio) emotion recognition on DFEW, MAFW and FERV39k.",
         epilog=_examples("dfew_mm demo", "dfew_mm folds --dfew-root /data/DFEW",
                          "dfew_mm <command> --help"),
         formatter_class=argparse.RawDescriptionHelpFormatter,

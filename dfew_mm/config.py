@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_AUDIO_FRAMES, MAX_FACE_SIZE, MAX_FRAMES,
                                MIN_FACE_SIZE)
+from dfew_mm.datasets import DEFAULT_DATASET, get_dataset
 from dfew_mm.errors import ConfigError
 from dfew_mm.files import atomic_write_text
 from dfew_mm.models.encoders import ENCODERS, default_modalities, resolve_modalities
@@ -39,9 +40,11 @@ BASE_KEY = "base"  # a YAML experiment names the config it starts from
 @dataclass
 class DataConfig:
     store: str = ""  # feature store written by preprocess/extract.py
-    dfew_root: str = ""  # DFEW copy with EmoLabel_DataSplit/ (for the fold lists)
-    splits_dir: str = ""  # optional: split CSVs elsewhere than DFEW_ROOT/EmoLabel_DataSplit
-    fold: int = 1  # 1..5
+    dataset: str = DEFAULT_DATASET  # dfew | mafw | ferv39k (dfew_mm.datasets): classes, split files, protocol
+    root: str = ""  # the dataset's copy, for its split files (the fold lists)
+    dfew_root: str = ""  # the same for DFEW (kept for configs and runs written before `root`)
+    splits_dir: str = ""  # optional: split files elsewhere than under the root
+    fold: int = 1  # a fold of the dataset's protocol: 1..5 (DFEW, MAFW), 1 (FERV39k's fixed split)
     val_fraction: float = 0.1  # stratified validation share carved out of the training fold
     frames: int = DEFAULT_FRAMES  # face/pose frames per clip fed to the model
     face_size: int = DEFAULT_FACE_SIZE  # px, must match the store
@@ -210,8 +213,12 @@ def validate(cfg: ExperimentConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    if not 1 <= cfg.data.fold <= 5:
-        raise ConfigError(f"data.fold={cfg.data.fold}: DFEW has folds 1..5")
+    dataset = get_dataset(cfg.data.dataset)
+    if cfg.data.dfew_root and cfg.data.dataset != "dfew":
+        raise ConfigError(f"data.dfew_root names a DFEW copy, but data.dataset={cfg.data.dataset}: give the "
+                          f"{dataset.title} copy as data.root (--root)")
+    if cfg.data.fold not in dataset.folds:
+        raise ConfigError(f"data.fold={cfg.data.fold}: {dataset.title} has {dataset.folds_text()}")
     if not 0.0 <= cfg.data.hflip <= 1.0:
         raise ConfigError(f"data.hflip={cfg.data.hflip} must be between 0 and 1")
     if not 0.0 < cfg.data.val_fraction < 1.0:

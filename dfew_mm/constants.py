@@ -1,8 +1,6 @@
-"""Signal and dataset constants, in one place; derived values are computed, units in comments."""
+"""Signal and extraction constants, in one place; derived values are computed, units in comments."""
 
-# DFEW classes in label order: the split CSVs use 1-based labels, the library uses 0-based indices.
-CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
-NUM_CLASSES = len(CLASSES)
+# Class names and their number belong to each dataset (dfew_mm.datasets): nothing here names a class.
 
 # Audio features: 128-bin Kaldi log-mel filterbank as used by the AST AudioSet checkpoints.
 SAMPLE_RATE = 16_000  # Hz, mono
@@ -20,6 +18,9 @@ AST_FBANK_STD = 4.5689974
 # Video sampling defaults.
 DEFAULT_FRAMES = 16  # frames sampled uniformly per clip
 DEFAULT_FACE_SIZE = 112  # px, square face crop side
+# The face source (`--face-source`) that detects faces in the original clips; the others are the
+# face frame folders a dataset distributes (dfew_mm.datasets.frame_folders).
+FACE_SOURCE_DETECT = "detect"
 # Bounds: an extraction worker holds T decoded frames (a 1080p frame is 6.2 MB: 3.2 GB at T=512,
 # enough for every frame of most DFEW clips); a stored clip holds T face crops of S x S x 3 bytes.
 MAX_FRAMES = 512

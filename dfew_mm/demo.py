@@ -239,12 +239,13 @@ def summary_table(predictions: str | Path) -> pd.DataFrame:
     from dfew_mm.metrics import classification_metrics
 
     data = analysis.load_predictions(predictions)
+    classes = analysis.classes_of(data)
     curves = analysis.darkening_curves(data)
     table = (100 * curves.pivot(index="system", columns="darken", values="uar")).round(1)
     table.columns = [f"UAR@dark{c:g}" for c in table.columns]
     dark = analysis.low_light_clips(data, 0.25)
     natural = data[(data["perturbation"] == analysis.NATURAL) & data["clip_id"].isin(dark)]
     table["UAR darkest 25%"] = (100 * natural.groupby("system").apply(
-        lambda g: classification_metrics(g["label"], g["pred"])["uar"], include_groups=False)).round(1)
+        lambda g: classification_metrics(g["label"], g["pred"], classes)["uar"], include_groups=False)).round(1)
     table["clips"] = data[data["perturbation"] == analysis.NATURAL].groupby("system")["clip_id"].nunique()
     return table.reindex(analysis.systems_in_order(data))

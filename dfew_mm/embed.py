@@ -21,6 +21,7 @@ from dfew_mm.config import ExperimentConfig
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache, cache_meta, cacheable_modalities
 from dfew_mm.data.store import FeatureStore, check_zip_file
+from dfew_mm.datasets import get_dataset
 from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.files import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from dfew_mm.device import resolve_device
@@ -55,7 +56,7 @@ def build_cache(cfg: ExperimentConfig, out: str | Path, batch_size: int = 16, de
     store = FeatureStore(cfg.data.store)
     usable = usable_store_clips(store, out, cfg.data.allow_missing)  # before any model is built
     model_cfg = dataclasses.replace(cfg.model, modalities=modalities)
-    model = build_model(model_cfg)
+    model = build_model(model_cfg, get_dataset(cfg.data.dataset).classes)  # only its encoders run here
     dev = resolve_device(device)
     encoders_path = out / "encoders.pt"
     if encoders_path.is_file():

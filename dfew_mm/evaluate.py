@@ -1,4 +1,4 @@
-"""Evaluation of a trained checkpoint on a DFEW fold: predictions file, metrics, low-light perturbation.
+"""Evaluation of a trained checkpoint on a fold of its dataset: predictions file, metrics, low-light perturbation.
 
 The predictions file and its metrics JSON are described in dfew_mm.predictions. Low light comes two
 ways (dfew_mm.lowlight): `darken` strengths darken the stored face crops at evaluation time (crop
@@ -23,7 +23,7 @@ from dfew_mm.files import atomic_write_text  # a failed write leaves the previou
 from dfew_mm.lowlight import Darken, darken  # noqa: F401  (the low-light model; also imported from here)
 from dfew_mm.metrics import classification_metrics, format_metrics, json_safe
 from dfew_mm.predictions import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, RELIANCE_COLUMNS,  # noqa: F401
-                                 metrics_path_for, modality_label, perturbation_kind, perturbation_label,
+                                 classes_of, metrics_path_for, modality_label, perturbation_kind, perturbation_label,
                                  prediction_frame, run_name)
 from dfew_mm.stats import LEVEL, METHOD, N_BOOT, metric_intervals
 
@@ -78,12 +78,14 @@ def parse_modalities(spec: str | Sequence[str] | None, trained: Sequence[str]) -
 
 # -- evaluation --------------------------------------------------------------------------------
 def metrics_by_pass(frame: pd.DataFrame, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> list[dict]:
-    """Metrics of each (run, modalities, perturbation) pass in a predictions frame, with bootstrap
-    intervals `uar_ci` and `war_ci` ([low, high]; `dfew_mm.stats`, settings in `interval_settings`)."""
+    """Metrics of each (run, modalities, perturbation) pass in a predictions frame (classes from its
+    probability columns), with bootstrap intervals `uar_ci` and `war_ci` ([low, high]; `dfew_mm.stats`,
+    settings in `interval_settings`)."""
     passes = []
+    classes = classes_of(frame) or None  # a frame without probability columns: the default dataset's
     for (run, mods, pert), group in frame.groupby(["run", "modalities", "perturbation"], sort=False):
         y_true, y_pred = group["label"].to_numpy(), group["pred"].to_numpy()
-        metrics = classification_metrics(y_true, y_pred)
+        metrics = classification_metrics(y_true, y_pred, classes)
         ci = metric_intervals(y_true, y_pred, n_boot=n_boot, level=level, seed=seed)
         passes.append({"run": run, "modalities": mods, "perturbation": pert,
                        "darken": float(group["darken"].iloc[0]), "darken_kind": perturbation_kind(pert), **metrics,
@@ -134,7 +136,7 @@ DARKENING_SETTINGS = ("darken", "darken_seed")
 # Not settings of the features: the store format is checked by array, the extractor version warned about.
 VERSION_SETTINGS = ("store_format", "extractor_version")
 EXTRACT_FLAGS = {"frames": "--frames", "face_size": "--face-size", "face_model": "--face-model",
-                 "pose_model": "--pose-model"}
+                 "pose_model": "--pose-model", "face_source": "--face-source"}
 
 
 def store_gaps(cfg, store, clip_id: str, modalities: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -227,7 +229,7 @@ def warn_extractor_versions(meta: dict, trained_store: str | None, store) -> Non
 def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequence[str], device,
                         transforms=None, batch_size: int | None = None, num_workers: int = 0,
                         seed: int = 0, desc: str = "evaluate") -> np.ndarray:
-    """Class probabilities (N, 7) for the store clips in `clips` (columns clip_id, label); `transforms`
+    """Class probabilities (N, C) for the store clips in `clips` (columns clip_id, label); `transforms`
     change stored arrays by name first (ClipDataset)."""
     from torch.utils.data import DataLoader
 
@@ -244,7 +246,7 @@ def predict_store_clips(model, cfg, store, clips: pd.DataFrame, modalities: Sequ
 
 
 def reliance(probs: np.ndarray, without: np.ndarray) -> np.ndarray:
-    """(N,) p(pred | all) - p(pred | one modality masked), pred = argmax of `probs` (N, 7)."""
+    """(N,) p(pred | all) - p(pred | one modality masked), pred = argmax of `probs` (N, C)."""
     rows, pred = np.arange(len(probs)), probs.argmax(axis=1)
     return probs[rows, pred] - without[rows, pred]
 
@@ -254,17 +256,20 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
              out_csv: str | Path = "predictions.csv", dfew_root: str | Path | None = None,
              splits_dir: str | Path | None = None, allow_missing: bool = False,
              batch_size: int | None = None, num_workers: int | None = None, seed: int = 0,
-             device: str = "auto", attribution: bool = False) -> dict:
-    """Evaluate a checkpoint on one fold split, once per darkening strength.
+             device: str = "auto", attribution: bool = False, root: str | Path | None = None,
+             dataset: str | None = None) -> dict:
+    """Evaluate a checkpoint on one fold split of the dataset it was trained on, once per darkening strength.
 
-    Writes `out_csv` (one row per clip and pass, PREDICTION_COLUMNS) and the metrics JSON beside
-    it; returns that JSON's content. The fold lists come from the run's config (data.dfew_root /
-    data.splits_dir) unless `dfew_root` / `splits_dir` are given. `device` "auto" uses CUDA when
+    Writes `out_csv` (one row per clip and pass, the columns of `prediction_columns` for the checkpoint's
+    classes) and the metrics JSON beside it; returns that JSON's content. The fold lists come from the
+    run's config (data.dataset, data.root / data.dfew_root, data.splits_dir) unless `dataset`, `root`
+    (`dfew_root` for DFEW) / `splits_dir` are given. `device` "auto" uses CUDA when
     available; `num_workers` defaults to the run's data.num_workers. With `attribution`, each pass
     is repeated with each evaluated modality masked out and the file gets RELIANCE_COLUMNS
     (dfew_mm.predictions): how much the prediction leaned on each modality, clip by clip.
     """
     from dfew_mm.checkpoint import load_checkpoint
+    from dfew_mm.data.splits import check_originals, dataset_of
     from dfew_mm.data.store import FeatureStore
     from dfew_mm.device import resolve_device
     from dfew_mm.models.encoders import ENCODERS
@@ -281,11 +286,18 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     device = resolve_device(device)
     model.to(device)
     num_workers = cfg.data.num_workers if num_workers is None else num_workers
-    data_cfg = replace(cfg.data, fold=fold or cfg.data.fold, store=str(store),
-                       dfew_root=str(dfew_root) if dfew_root else cfg.data.dfew_root,
+    other = dataset is not None and dataset != cfg.data.dataset  # then the run's copy is not this dataset's
+    data_cfg = replace(cfg.data, fold=fold or cfg.data.fold, store=str(store), dataset=dataset or cfg.data.dataset,
+                       dfew_root=str(dfew_root) if dfew_root else "" if root or other else cfg.data.dfew_root,
+                       root=str(root) if root else "" if dfew_root or other else cfg.data.root,
                        splits_dir=str(splits_dir) if splits_dir else cfg.data.splits_dir,
                        allow_missing=allow_missing or cfg.data.allow_missing)
     fold = data_cfg.fold
+    fold_lists = dataset_of(data_cfg)
+    fold_lists.check_fold(fold)
+    if fold_lists.classes != model.classes:
+        raise ConfigError(f"{checkpoint} predicts the classes {', '.join(model.classes)}; {fold_lists.title} has "
+                          f"{', '.join(fold_lists.classes)}")
     if fold != cfg.data.fold:
         log.warning("the checkpoint was trained on fold %d: clips of fold %d's %s split were in its training "
                     "data, so these numbers are not held out", cfg.data.fold, fold, split)
@@ -302,6 +314,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     check_store_serves(replace(cfg, data=replace(data_cfg, store=trained_store)), feature_store,
                      str(clips["clip_id"].iloc[0]), mods, checkpoint)
     warn_extractor_versions(meta, trained_store, feature_store)
+    check_originals(feature_store, clips["clip_id"].tolist(), cfg.model, mods, f"fold {fold} {split}", fold_lists)
     kind = "scene" if scene > 0 else "crop"
     log.info("evaluating %s on fold %d %s (%d clips), modalities %s, %s", checkpoint, fold, split, len(clips),
              modality_label(mods), f"scene-level darkening {scene:g} (store)" if scene else f"darkening {strengths}")
@@ -320,7 +333,7 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
                     model, cfg, feature_store, clips, rest, device, transform, batch_size, num_workers, seed,
                     desc=f"{label} without {m}"))
         frames.append(prediction_frame(clips["clip_id"], clips["label"].to_numpy(), probs,
-                                       feature_store.manifest, modalities=modality_label(mods),
+                                       feature_store.manifest, model.classes, modalities=modality_label(mods),
                                        perturbation=label, darken=scene or strength,
                                        darken_kind="none" if label == "none" else kind,
                                        run=run_name(checkpoint),
@@ -333,7 +346,8 @@ def evaluate(checkpoint: str | Path, store: str | Path, fold: int | None = None,
     passes = metrics_by_pass(predictions)
     for p in passes:
         log.info("%s %s: %s", p["modalities"], p["perturbation"], format_metrics(p))
-    result = {"checkpoint": str(checkpoint), "store": str(Path(store).resolve()), "fold": fold, "split": split,
+    result = {"checkpoint": str(checkpoint), "store": str(Path(store).resolve()), "dataset": fold_lists.name,
+              "classes": list(model.classes), "fold": fold, "split": split,
               "modalities": modality_label(mods), "darken": strengths, "scene_darken": scene,
               "predictions": out_csv.name, "epoch": meta.get("epoch"), "attribution": attribution,
               "intervals": interval_settings(), "passes": passes}

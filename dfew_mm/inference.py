@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dfew_mm.batch import Batch, batch_to
-from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.device import autocast, resolve_device
 
 __all__ = ["Predictions", "predict_logits", "resolve_device", "run_inference"]
@@ -24,11 +23,11 @@ Out = TypeVar("Out")
 class Predictions:
     clip_ids: list[str]
     labels: np.ndarray  # (N,) int64, 0-based classes
-    logits: np.ndarray  # (N, 7) float32
+    logits: np.ndarray  # (N, C) float32, C classes
 
     @property
     def probs(self) -> np.ndarray:
-        """(N, 7) softmax probabilities."""
+        """(N, C) softmax probabilities."""
         return torch.softmax(torch.from_numpy(self.logits), dim=-1).numpy()
 
     @property
@@ -39,7 +38,7 @@ class Predictions:
     def concat(parts: Sequence["Predictions"]) -> "Predictions":
         return Predictions([i for p in parts for i in p.clip_ids],
                            np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, np.int64),
-                           np.concatenate([p.logits for p in parts]) if parts else np.zeros((0, NUM_CLASSES), np.float32))
+                           np.concatenate([p.logits for p in parts]) if parts else np.zeros((0, 0), np.float32))
 
 
 def run_inference(fn: Callable[[Batch], Out], loader: DataLoader, device: torch.device, amp: bool,
@@ -63,7 +62,7 @@ def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     for batch, out in run_inference(lambda b: model(b, modalities=mods), loader, device, amp, progress, desc):
         ids += batch["clip_id"]
         labels.append(batch["label"].cpu().numpy())
-        logits.append(out.float().cpu().numpy())  # (B, 7)
+        logits.append(out.float().cpu().numpy())  # (B, C)
     if not ids:
-        return Predictions([], np.zeros(0, np.int64), np.zeros((0, NUM_CLASSES), np.float32))
+        return Predictions([], np.zeros(0, np.int64), np.zeros((0, model.num_classes), np.float32))
     return Predictions(ids, np.concatenate(labels).astype(np.int64), np.concatenate(logits))

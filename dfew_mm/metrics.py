@@ -1,4 +1,4 @@
-"""Classification metrics for the DFEW protocol: UAR, WAR, macro F1, per-class recall, confusion.
+"""Classification metrics of the benchmarks' protocols: UAR, WAR, macro F1, per-class recall, confusion.
 
 UAR (unweighted average recall) is the mean of per-class recalls; WAR (weighted average recall)
 is plain accuracy. Both come from scikit-learn so that the numbers match what other papers compute.
@@ -17,41 +17,41 @@ from typing import Sequence
 
 import numpy as np
 
-from dfew_mm.constants import CLASSES, NUM_CLASSES
-
-LABELS = list(range(NUM_CLASSES))
+from dfew_mm.datasets import default_classes
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
-    """Metrics for 0-based class indices.
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str] | None = None) -> dict:
+    """Metrics for 0-based indices into `classes` (the dataset's class names; default: the default dataset's).
 
     Returns a JSON-serialisable dict: `uar`, `war`, `macro_f1` (floats, NaN when `n == 0`),
     `per_class_recall` {class name: recall or NaN when the class is absent from y_true},
-    `confusion` (7x7 list of lists, rows = true class, columns = predicted class, CLASSES order),
+    `confusion` (C x C list of lists, rows = true class, columns = predicted class, `classes` order),
     `n` (number of samples) and `classes_present` (number of classes occurring in y_true).
     `macro_f1` averages F1 over the classes present in y_true or y_pred.
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score  # local: 1.5 s to import
 
+    classes = tuple(classes) if classes is not None else default_classes()
+    labels = list(range(len(classes)))
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
     for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
-        if arr.size and (arr.min() < 0 or arr.max() >= NUM_CLASSES):
-            raise ValueError(f"{name} holds labels outside 0..{NUM_CLASSES - 1}: {sorted(set(arr.tolist()))}")
+        if arr.size and (arr.min() < 0 or arr.max() >= len(classes)):
+            raise ValueError(f"{name} holds labels outside 0..{len(classes) - 1}: {sorted(set(arr.tolist()))}")
 
-    confusion = confusion_matrix(y_true, y_pred, labels=LABELS) if y_true.size else np.zeros(
-        (NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    confusion = confusion_matrix(y_true, y_pred, labels=labels) if y_true.size else np.zeros(
+        (len(classes), len(classes)), dtype=np.int64)
     if y_true.size == 0:
         nan = float("nan")
         return {"uar": nan, "war": nan, "macro_f1": nan,
-                "per_class_recall": {c: nan for c in CLASSES},
+                "per_class_recall": {c: nan for c in classes},
                 "confusion": confusion.tolist(), "n": 0, "classes_present": 0}
 
-    present = np.isin(LABELS, y_true)
+    present = np.isin(labels, y_true)
     # zero_division only affects absent classes, which are then replaced by NaN.
-    recall = recall_score(y_true, y_pred, labels=LABELS, average=None, zero_division=0)
+    recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     recall = np.where(present, recall, np.nan)
     # Over the classes present, this equals sklearn's balanced_accuracy_score.
     uar = float(np.nanmean(recall))
@@ -59,7 +59,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict
         "uar": uar,
         "war": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "per_class_recall": {c: float(r) for c, r in zip(CLASSES, recall)},
+        "per_class_recall": {c: float(r) for c, r in zip(classes, recall)},
         "confusion": confusion.tolist(),
         "n": int(y_true.size),
         "classes_present": int(present.sum()),

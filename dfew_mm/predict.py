@@ -15,7 +15,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from dfew_mm.constants import CLASSES
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.predictions import modality_label
 
@@ -44,6 +43,7 @@ def extraction_options(cfg):
     """
     from dataclasses import fields
 
+    from dfew_mm.constants import FACE_SOURCE_DETECT
     from dfew_mm.data.store import SETTINGS_FILE
     from dfew_mm.extract.options import ExtractOptions
     from dfew_mm.models.encoders import ENCODERS
@@ -54,7 +54,10 @@ def extraction_options(cfg):
         names = {f.name for f in fields(ExtractOptions)}
         if saved.get("darken"):  # a simulation for experiments: real clips are predicted as they are
             log.info("the training store was darkened at extraction (--darken %g); new clips are not", saved["darken"])
-        return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k != "darken"})
+        if saved.get("face_source", FACE_SOURCE_DETECT) != FACE_SOURCE_DETECT:  # new clips come without them
+            log.warning("the model was trained on a dataset's face frames (%s); the faces of new clips are detected "
+                        "and cropped by dfew_mm, which frames them differently", saved["face_source"])
+        return ExtractOptions(**{k: v for k, v in saved.items() if k in names and k not in ("darken", "face_source")})
     log.info("training store settings not found (%s); extracting with defaults, %d frames, %d px faces",
              settings, cfg.data.frames, cfg.data.face_size)
     switches = {ENCODERS[m].extract_option: True for m in cfg.model.modalities if ENCODERS[m].extract_option}
@@ -65,7 +68,8 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
                   modalities: str | Sequence[str] | None = None, top_k: int = 3, device: str = "auto") -> list[dict]:
     """One result dict per input path, in order.
 
-    Success: {"clip", "ok": True, "top": [{"emotion", "prob"}, ...], "probs": {class: p},
+    Success: {"clip", "ok": True, "top": [{"emotion", "prob"}, ...], "probs": {class: p}, with the class
+    names of the dataset the checkpoint was trained on,
     "modalities", "quality": {face_rate, pose_rate, has_audio, face_luma_mean, luma_mean, note}}.
     Failure: {"clip", "ok": False, "error": reason}.
     """
@@ -102,12 +106,12 @@ def predict_clips(paths: Sequence[str | Path], checkpoint: str | Path, assets_di
                 continue
             clips = InMemoryClips({path.stem: arrays}, cfg.data, mods, model_cfg=cfg.model)
             loader = DataLoader(clips, batch_size=1, collate_fn=collate)
-            probs = predict_logits(model, loader, dev, cfg.train.amp, mods).probs[0]  # (7,)
+            probs = predict_logits(model, loader, dev, cfg.train.amp, mods).probs[0]  # (C,)
             order = np.argsort(-probs)[:top_k]
             results.append({
                 "clip": str(path), "ok": True, "modalities": modality_label(mods),
-                "top": [{"emotion": CLASSES[i], "prob": round(float(probs[i]), 4)} for i in order],
-                "probs": {c: round(float(p), 4) for c, p in zip(CLASSES, probs)},
+                "top": [{"emotion": model.classes[i], "prob": round(float(probs[i]), 4)} for i in order],
+                "probs": {c: round(float(p), 4) for c, p in zip(model.classes, probs)},
                 "quality": {k: record.get(k) for k in ("face_rate", "pose_rate", "has_audio", "luma_mean",
                                                        "face_luma_mean")} | {"note": record.get("error", "")},
             })

@@ -1,11 +1,12 @@
 """The predictions file: one row per clip and evaluation pass, written by `dfew_mm evaluate` (and by
 training for its test fold), read by the analysis notebook.
 
-Columns (PREDICTION_COLUMNS): the true and predicted class, the class probabilities, the
-modalities the model was allowed to use, the perturbation applied, the run, and the quality
-columns of the feature store manifest, so that the notebook can slice results by brightness
-without opening the store again. A metrics JSON with the same stem sits beside it
-(`preds.csv` -> `preds.metrics.json`).
+Columns (`prediction_columns(classes)`; PREDICTION_COLUMNS for the default dataset): the true and
+predicted class, one probability column `prob_<class>` per class of the dataset in its label order
+(the file names its classes this way: `classes_of`), the modalities the model was allowed to use, the
+perturbation applied, the run, and the quality columns of the feature store manifest, so that the
+notebook can slice results by brightness without opening the store again. A metrics JSON with the
+same stem sits beside it (`preds.csv` -> `preds.metrics.json`), with the dataset and its `classes`.
 
 The perturbation of a pass (dfew_mm.lowlight), in three columns that always agree:
 
@@ -35,18 +36,32 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import CLASSES
+from dfew_mm.datasets import default_classes
 from dfew_mm.models.encoders import ENCODERS
 
-PROB_COLUMNS = tuple(f"prob_{c}" for c in CLASSES)
+PROB_PREFIX = "prob_"
 QUALITY_COLUMNS = ("luma_mean", "face_luma_mean", "face_rate", "pose_rate", "has_audio")
 RELIANCE_COLUMNS = tuple(f"reliance_{m}" for m in ENCODERS)  # optional: `evaluate --attribution`
-PREDICTION_COLUMNS = (
-    ("clip_id", "label", "pred", "correct") + PROB_COLUMNS
-    + ("label_name", "pred_name", "modalities", "perturbation", "darken", "darken_kind", "run",
-       "trained_modalities", "fold", "split")
-    + QUALITY_COLUMNS
-)
+PASS_COLUMNS = ("label_name", "pred_name", "modalities", "perturbation", "darken", "darken_kind", "run",
+                "trained_modalities", "fold", "split")
+
+
+def prob_columns(classes: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f"{PROB_PREFIX}{c}" for c in classes)
+
+
+def prediction_columns(classes: Sequence[str]) -> tuple[str, ...]:
+    """The columns of a predictions file of a dataset with these classes, in order."""
+    return ("clip_id", "label", "pred", "correct") + prob_columns(classes) + PASS_COLUMNS + QUALITY_COLUMNS
+
+
+def classes_of(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The class names of a predictions frame, from its probability columns (in label order)."""
+    return tuple(c[len(PROB_PREFIX):] for c in frame.columns if str(c).startswith(PROB_PREFIX))
+
+
+PROB_COLUMNS = prob_columns(default_classes())  # the default dataset's, as files before other datasets had them
+PREDICTION_COLUMNS = prediction_columns(default_classes())
 DARKEN_KINDS = ("none", "crop", "scene")
 _PREFIX = {"crop": "darken", "scene": "scene"}  # perturbation label prefix of each darkening kind
 
@@ -92,22 +107,26 @@ def metrics_path_for(out_csv: str | Path) -> Path:
 
 
 def prediction_frame(clip_ids: Sequence[str], labels: np.ndarray, probs: np.ndarray,
-                     manifest: pd.DataFrame, **constants) -> pd.DataFrame:
-    """Rows of the predictions file for one pass; `probs` (N, 7), `constants` fill whole columns
-    (columns beyond PREDICTION_COLUMNS come last)."""
+                     manifest: pd.DataFrame, classes: Sequence[str] | None = None, **constants) -> pd.DataFrame:
+    """Rows of the predictions file for one pass; `probs` (N, C) over `classes` (default: the default
+    dataset's), `constants` fill whole columns (columns beyond the file's columns come last)."""
+    classes = tuple(classes) if classes is not None else default_classes()
+    if probs.shape[1] != len(classes):
+        raise ValueError(f"probabilities of {probs.shape[1]} classes for {len(classes)} class names")
+    columns = prediction_columns(classes)
     pred = probs.argmax(axis=1)
     frame = pd.DataFrame({"clip_id": [str(c) for c in clip_ids], "label": labels.astype(int),
                           "pred": pred.astype(int)})
     frame["correct"] = (frame["label"] == frame["pred"]).astype(int)
-    for j, column in enumerate(PROB_COLUMNS):
+    for j, column in enumerate(prob_columns(classes)):
         frame[column] = probs[:, j].astype(np.float64)
-    frame["label_name"] = [CLASSES[i] for i in frame["label"]]
-    frame["pred_name"] = [CLASSES[i] for i in frame["pred"]]
+    frame["label_name"] = [classes[i] for i in frame["label"]]
+    frame["pred_name"] = [classes[i] for i in frame["pred"]]
     for key, value in constants.items():
         frame[key] = value
     if "perturbation" in constants and "darken_kind" not in constants:
         frame["darken_kind"] = perturbation_kind(constants["perturbation"])
     quality = manifest.set_index("clip_id")[list(QUALITY_COLUMNS)]
     frame = frame.join(quality, on="clip_id")
-    extra = [c for c in frame.columns if c not in PREDICTION_COLUMNS]  # e.g. reliance_*, `checkpoint`, after the contract
-    return frame[[c for c in PREDICTION_COLUMNS if c in frame.columns] + extra]
+    extra = [c for c in frame.columns if c not in columns]  # e.g. reliance_*, `checkpoint`, after the contract
+    return frame[[c for c in columns if c in frame.columns] + extra]

@@ -1,4 +1,10 @@
-"""Synthetic DFEW (`dfew_mm synth`): real H.264/AAC clips of a drawn person, in the exact DFEW layout.
+"""Synthetic datasets (`dfew_mm synth`): real H.264/AAC clips of a drawn person, in a dataset's exact layout.
+
+The layout, the clip names and the split files are the dataset's (dfew_mm.datasets: `synth_clip`,
+`format_split`): DFEW's and MAFW's original clips, the face frame folders a dataset distributes (the
+drawn face cut out of each frame: DFEW's with `face_frames`, FERV39k's always, as they are all it
+ships), with the dataset's protocol (k folds, each clip tested in exactly
+one; or one fixed split testing a fifth of the clips). Class k of a dataset is shown by cue k below.
 
 Every clip carries its class through three independent cues, so each modality can be tested:
   face   expression (mouth curve and opening, brow angle, eye opening) that MediaPipe detects;
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfew_mm.constants import CLASSES, NUM_CLASSES
+from dfew_mm.datasets import DEFAULT_DATASET, get_dataset
 from dfew_mm.errors import ConfigError
 
 # px; both multiples of 16: with a partial macroblock row x264 reads uninitialised padding and
@@ -31,39 +37,60 @@ WIDTH, HEIGHT = 384, 288
 HEAD_HEIGHT = 40  # px; the whole body spans ~8 head heights, so hips and knees are in frame
 FPS = 24
 AUDIO_RATE = 44_100  # Hz, like the DFEW originals
-N_FOLDS = 5
+GROUPS = 5  # synthetic clips fall into 5 stratified groups: fold k tests group k (a fixed split tests group 1)
+# Face frame folders like DFEW's: square crops of this side around the face (the face box's longer side
+# x (1 + margin)), and the number of frames in a sparse folder (one that does not hold every frame).
+FACE_FRAME_SIZE = 224  # px
+FACE_FRAME_MARGIN = 0.3
+SPARSE_FACE_FRAMES = 16
 CUES = ("face", "pose", "audio")  # the modalities that can carry the label
 
-# Per-class cue parameters. Face: mouth curve (+ smile), mouth open (0..1), brow tilt
-# (+ inner ends down, angry), brow raise (px), eye open (1 normal). Pose: wrist targets
-# relative to the shoulders in shoulder widths (x outward, y down), head tilt (px down).
-FACE_CUES = {
-    "happy":    dict(curve=+1.0, open=0.25, tilt=0.0, raise_=0.0, eye=1.0),
-    "sad":      dict(curve=-0.9, open=0.0, tilt=-0.8, raise_=2.0, eye=0.7),
-    "neutral":  dict(curve=0.0, open=0.0, tilt=0.0, raise_=0.0, eye=1.0),
-    "angry":    dict(curve=-0.3, open=0.45, tilt=+1.0, raise_=-3.0, eye=0.8),
-    "surprise": dict(curve=0.0, open=1.0, tilt=0.0, raise_=8.0, eye=1.5),
-    "disgust":  dict(curve=-0.6, open=0.15, tilt=+0.5, raise_=-2.0, eye=0.5),
-    "fear":     dict(curve=-0.4, open=0.6, tilt=-1.0, raise_=6.0, eye=1.4),
-}
-POSE_CUES = {  # (left wrist dx, dy), (right wrist dx, dy) in shoulder-relative units; head drop px
-    "happy":    ((1.0, -1.6), (1.0, -1.6), 0.0),
-    "sad":      ((0.1, 1.9), (0.1, 1.9), 14.0),
-    "neutral":  ((0.3, 1.9), (0.3, 1.9), 0.0),
-    "angry":    ((0.2, 0.4), (0.2, 0.4), 4.0),
-    "surprise": ((0.1, -1.2), (0.1, -1.2), -4.0),
-    "disgust":  ((1.9, 0.0), (0.3, 1.9), 6.0),
-    "fear":     ((-0.7, 0.6), (-0.7, 0.6), 8.0),
-}
-AUDIO_CUES = {  # f0 (Hz), syllables/s, glide (octaves over a syllable), vibrato depth, loudness
-    "happy":    dict(f0=260.0, rate=5.0, glide=+0.3, vibrato=0.0, gain=0.6),
-    "sad":      dict(f0=130.0, rate=2.0, glide=-0.2, vibrato=0.0, gain=0.25),
-    "neutral":  dict(f0=180.0, rate=3.5, glide=0.0, vibrato=0.0, gain=0.4),
-    "angry":    dict(f0=210.0, rate=6.5, glide=-0.1, vibrato=0.0, gain=0.9),
-    "surprise": dict(f0=300.0, rate=2.5, glide=+0.8, vibrato=0.0, gain=0.7),
-    "disgust":  dict(f0=150.0, rate=3.0, glide=-0.5, vibrato=0.0, gain=0.45),
-    "fear":     dict(f0=280.0, rate=4.5, glide=0.0, vibrato=0.06, gain=0.5),
-}
+# Cue k shows class k of the dataset (at most len(FACE_CUES) classes). The first seven were drawn as
+# DFEW's classes in its label order (a smile, a frown, rest, a scowl, a gape, a sneer, a fearful gape);
+# the others are further distinct shapes. Face: mouth curve (+ smile), mouth open (0..1), brow tilt
+# (+ inner ends down, scowling), brow raise (px), eye open (1 normal), left brow tilt factor. Pose: wrist
+# targets relative to the shoulders in shoulder widths (x outward, y down), head tilt (px down).
+FACE_CUES = (
+    dict(curve=+1.0, open=0.25, tilt=0.0, raise_=0.0, eye=1.0, asym=1.0),
+    dict(curve=-0.9, open=0.0, tilt=-0.8, raise_=2.0, eye=0.7, asym=1.0),
+    dict(curve=0.0, open=0.0, tilt=0.0, raise_=0.0, eye=1.0, asym=1.0),
+    dict(curve=-0.3, open=0.45, tilt=+1.0, raise_=-3.0, eye=0.8, asym=1.0),
+    dict(curve=0.0, open=1.0, tilt=0.0, raise_=8.0, eye=1.5, asym=1.0),
+    dict(curve=-0.6, open=0.15, tilt=+0.5, raise_=-2.0, eye=0.5, asym=1.4),
+    dict(curve=-0.4, open=0.6, tilt=-1.0, raise_=6.0, eye=1.4, asym=1.0),
+    dict(curve=+0.5, open=0.0, tilt=+0.3, raise_=-1.0, eye=0.6, asym=1.8),
+    dict(curve=-0.2, open=0.3, tilt=-0.5, raise_=4.0, eye=1.2, asym=1.0),
+    dict(curve=-0.7, open=0.35, tilt=-0.3, raise_=3.0, eye=0.9, asym=1.0),
+    dict(curve=-0.5, open=0.0, tilt=0.0, raise_=-1.0, eye=0.6, asym=1.0),
+)
+POSE_CUES = (  # (left wrist dx, dy), (right wrist dx, dy) in shoulder-relative units; head drop px
+    ((1.0, -1.6), (1.0, -1.6), 0.0),
+    ((0.1, 1.9), (0.1, 1.9), 14.0),
+    ((0.3, 1.9), (0.3, 1.9), 0.0),
+    ((0.2, 0.4), (0.2, 0.4), 4.0),
+    ((0.1, -1.2), (0.1, -1.2), -4.0),
+    ((1.9, 0.0), (0.3, 1.9), 6.0),
+    ((-0.7, 0.6), (-0.7, 0.6), 8.0),
+    ((1.5, 0.8), (1.5, 0.8), 0.0),
+    ((0.6, -0.5), (0.6, -0.5), 2.0),
+    ((1.3, -0.4), (0.3, 1.9), 10.0),
+    ((0.3, 1.9), (1.6, -1.0), -2.0),
+)
+AUDIO_CUES = (  # f0 (Hz), syllables/s, glide (octaves over a syllable), vibrato depth, loudness
+    dict(f0=260.0, rate=5.0, glide=+0.3, vibrato=0.0, gain=0.6),
+    dict(f0=130.0, rate=2.0, glide=-0.2, vibrato=0.0, gain=0.25),
+    dict(f0=180.0, rate=3.5, glide=0.0, vibrato=0.0, gain=0.4),
+    dict(f0=210.0, rate=6.5, glide=-0.1, vibrato=0.0, gain=0.9),
+    dict(f0=300.0, rate=2.5, glide=+0.8, vibrato=0.0, gain=0.7),
+    dict(f0=150.0, rate=3.0, glide=-0.5, vibrato=0.0, gain=0.45),
+    dict(f0=280.0, rate=4.5, glide=0.0, vibrato=0.06, gain=0.5),
+    dict(f0=240.0, rate=3.0, glide=-0.3, vibrato=0.0, gain=0.5),
+    dict(f0=230.0, rate=5.5, glide=+0.1, vibrato=0.04, gain=0.45),
+    dict(f0=165.0, rate=2.5, glide=-0.4, vibrato=0.02, gain=0.35),
+    dict(f0=195.0, rate=4.0, glide=+0.5, vibrato=0.0, gain=0.3),
+)
+REST_VOICE = AUDIO_CUES[2]  # a weak cue is this voice moved part of the way towards its class's
+MAX_CLASSES = len(FACE_CUES)
 
 
 @dataclass(frozen=True)
@@ -77,9 +104,34 @@ class SynthConfig:
     dark_noise: float = 7.0  # sensor noise std in 0..255 after the gain
     # modalities whose cue shows the label (a subset of CUES); the others show a random class per clip
     cues: tuple[str, ...] = CUES
+    face_frames: bool = False  # also write the dataset's face frame folders (DFEW: Clip/clip_224x224[_16f]/<id>/<n>.jpg)
+    originals: bool = True  # write the original clips (False: face frames and split files only)
+    dataset: str = DEFAULT_DATASET  # whose layout, classes and protocol (dfew_mm.datasets)
 
     def __post_init__(self):
         object.__setattr__(self, "cues", parse_cues(self.cues))
+        dataset = get_dataset(self.dataset)
+        if len(dataset.classes) > MAX_CLASSES:
+            raise ConfigError(f"{self.dataset} has {len(dataset.classes)} classes; synthetic data draws at most "
+                              f"{MAX_CLASSES}")
+        if self.face_frames and not dataset.face_sources:
+            raise ConfigError(f"{dataset.title} distributes no face frames to write")
+        if not (self.writes_originals or self.writes_frames):
+            raise ConfigError("a synthetic copy needs its original clips, its face frames or both")
+
+    @property
+    def n_classes(self) -> int:
+        return len(get_dataset(self.dataset).classes)
+
+    @property
+    def writes_originals(self) -> bool:
+        return self.originals and bool(get_dataset(self.dataset).clip_dir)
+
+    @property
+    def writes_frames(self) -> bool:
+        """The face frames, when asked or when they are all the dataset distributes (FERV39k)."""
+        dataset = get_dataset(self.dataset)
+        return bool(dataset.face_sources) and (self.face_frames or not dataset.clip_dir)
 
 
 def parse_cues(cues: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -108,16 +160,17 @@ class ClipSpec:
 def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
     """Balanced labels, a fixed dark share, and per-modality confusions, all from the seed."""
     rng = np.random.default_rng(cfg.seed)
-    labels = np.arange(cfg.clips) % NUM_CLASSES
+    n_classes = cfg.n_classes
+    labels = np.arange(cfg.clips) % n_classes
     rng.shuffle(labels)
     dark = np.zeros(cfg.clips, bool)
     dark[rng.permutation(cfg.clips)[: round(cfg.dark_share * cfg.clips)]] = True
 
     def shown(label: int, cue: str) -> int:
         if cue not in cfg.cues:  # label-independent: a class drawn for this clip alone
-            return int(rng.integers(NUM_CLASSES))
+            return int(rng.integers(n_classes))
         if rng.random() < cfg.confusion:
-            return int(rng.choice([c for c in range(NUM_CLASSES) if c != label]))
+            return int(rng.choice([c for c in range(n_classes) if c != label]))
         return int(label)
 
     return [
@@ -129,9 +182,10 @@ def plan_clips(cfg: SynthConfig) -> list[ClipSpec]:
 
 # -- drawing ---------------------------------------------------------------------------------
 def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
-                 t: float) -> None:
+                 t: float) -> tuple[float, float, float, float]:
     """One frame of a standing person, sized in head heights `u`; `s` scales the cues, `t` (0..1)
-    animates them. Full-body proportions (hips and knees in frame) are what BlazePose expects."""
+    animates them. Full-body proportions (hips and knees in frame) are what BlazePose expects.
+    Returns the face's box x1, y1, x2, y2 in px."""
     u = HEAD_HEIGHT * look["scale"]
     k = u / 68  # facial strokes were designed on a 68 px head
     cx = WIDTH / 2 + look["dx"] + 0.1 * u * math.sin(2 * math.pi * 1.4 * t)
@@ -178,7 +232,7 @@ def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
                      fill=(235, 235, 235))
         draw.ellipse([ex - 3 * k, eye_y - 3 * k, ex + 3 * k, eye_y + 3 * k], fill=feature)
         brow_y = eye_y - (10 + s * face["raise_"]) * k
-        tilt = s * face["tilt"] * 4 * k * (1.4 if side < 0 and face is FACE_CUES["disgust"] else 1)
+        tilt = s * face["tilt"] * 4 * k * (face["asym"] if side < 0 else 1)
         inner, outer = head[0] + side * 4 * k, head[0] + side * 18 * k
         draw.line([(inner, brow_y + tilt), (outer, brow_y - tilt)], fill=feature, width=max(2, round(3 * k)))
     draw.line([(head[0], head[1] - 2 * k), (head[0] - 2 * k, head[1] + 8 * k)], fill=feature, width=2)
@@ -193,6 +247,7 @@ def _draw_person(draw, look: dict, face: dict, pose: tuple, s: float,
         draw.polygon(pts + lower, fill=(90, 30, 35), outline=feature)
     else:
         draw.line(pts, fill=feature, width=max(2, round(3 * k)))
+    return head[0] - hw, head[1] - hh, head[0] + hw, head[1] + hh
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -205,6 +260,11 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one clip."""
+    return render_clip(spec, cfg)[0]
+
+
+def render_clip(spec: ClipSpec, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) uint8 frames of one clip and (T, 4) float32 face boxes x1, y1, x2, y2 in px."""
     from PIL import Image, ImageDraw  # local, like av and pandas below: `dfew_mm --help` reads SynthConfig
 
     rng = np.random.default_rng(spec.seed)
@@ -217,29 +277,29 @@ def render_frames(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
         "feature": tuple(int(v) for v in rng.uniform(20, 60, 3)),
     }
     background = _background(rng)
-    face, pose = FACE_CUES[CLASSES[spec.face_class]], POSE_CUES[CLASSES[spec.pose_class]]
+    face, pose = FACE_CUES[spec.face_class], POSE_CUES[spec.pose_class]
     n = max(1, round(cfg.seconds * FPS))
     gain = rng.uniform(*cfg.dark_gain)
     frames = np.empty((n, HEIGHT, WIDTH, 3), np.uint8)
+    boxes = np.empty((n, 4), np.float32)
     for i in range(n):
         image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-        _draw_person(ImageDraw.Draw(image), look, face, pose, spec.strength, i / max(n - 1, 1))
+        boxes[i] = _draw_person(ImageDraw.Draw(image), look, face, pose, spec.strength, i / max(n - 1, 1))
         pixels = np.asarray(image, np.float32)
         if spec.dark:  # low light: exposure gain, a gamma lift, then sensor noise
             pixels = 255 * (gain * pixels / 255) ** 1.1 + rng.normal(0, cfg.dark_noise, pixels.shape)
         else:
             pixels += rng.normal(0, 2.0, pixels.shape)
         frames[i] = np.clip(pixels, 0, 255).astype(np.uint8)
-    return frames
+    return frames, boxes
 
 
 def render_audio(spec: ClipSpec, cfg: SynthConfig) -> np.ndarray:
     """(2, N) float32 stereo voice-like signal at AUDIO_RATE."""
     rng = np.random.default_rng(spec.seed + 1)
-    cue = AUDIO_CUES[CLASSES[spec.audio_class]]
-    neutral = AUDIO_CUES["neutral"]
+    cue = AUDIO_CUES[spec.audio_class]
     s = spec.strength
-    mix = {k: neutral[k] + s * (cue[k] - neutral[k]) for k in cue}
+    mix = {k: REST_VOICE[k] + s * (cue[k] - REST_VOICE[k]) for k in cue}
     t = np.arange(round(cfg.seconds * AUDIO_RATE)) / AUDIO_RATE
     rate = mix["rate"] * rng.uniform(0.9, 1.1)
     phase_in_syllable = (t * rate) % 1.0
@@ -300,78 +360,118 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def write_face_frames(root: Path, dataset, clip_folder: Path, frames: np.ndarray, boxes: np.ndarray) -> None:
+    """The face frame folders of one clip, one per face source of `dataset`: FACE_FRAME_SIZE px crops around
+    the face as JPEGs numbered 1.jpg .., every frame in a full-rate source (DFEW's Clip/clip_224x224/<id>/,
+    FERV39k's 2_ClipsforFaceCrop/<scene>/<class>/<clip>/), SPARSE_FACE_FRAMES spread over the clip in the
+    others (DFEW's Clip/clip_224x224_16f/<id>/); each folder written under a temporary name, then renamed."""
+    import shutil
+
+    from PIL import Image
+
+    from dfew_mm.extract.decode import sample_indices
+    from dfew_mm.extract.face import crop_faces
+
+    scale = np.array([WIDTH, HEIGHT, WIDTH, HEIGHT], np.float32)
+    faces = crop_faces(frames, boxes / scale, FACE_FRAME_SIZE, FACE_FRAME_MARGIN)  # (T, 224, 224, 3)
+    for source in dataset.face_sources.values():
+        chosen = np.arange(len(faces)) if source.full_rate else sample_indices(len(faces), SPARSE_FACE_FRAMES)
+        folder = root / source.folder / clip_folder
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for number, i in enumerate(chosen, start=1):
+            Image.fromarray(faces[i]).save(tmp / f"{number}.jpg", quality=95)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+
 def _make_clip(args: tuple[ClipSpec, SynthConfig, Path]) -> None:
-    spec, cfg, clip_dir = args
-    write_clip(clip_dir / f"{spec.clip_id:05d}.mp4", render_frames(spec, cfg), render_audio(spec, cfg))
+    spec, cfg, root = args
+    dataset = get_dataset(cfg.dataset)()
+    place = dataset.synth_clip(spec.clip_id, spec.label)
+    frames, boxes = render_clip(spec, cfg)
+    if cfg.writes_originals:
+        (root / place.video).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(root / place.video, frames, render_audio(spec, cfg))
+    if cfg.writes_frames:
+        write_face_frames(root, dataset, place.frames, frames, boxes)
 
 
-def write_splits(root: Path, specs: list[ClipSpec], seed: int) -> None:
-    """Five folds like DFEW's: each clip is in the test set of exactly one fold (stratified)."""
-    import pandas as pd
-
-    from dfew_mm.data.dfew import SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
-
+def split_groups(labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+    """(N,) group 0..GROUPS-1 of each clip, stratified by class: group k is fold k+1's test set."""
     rng = np.random.default_rng(seed + 7)
-    fold_of = np.empty(len(specs), int)
-    position = 0  # runs on across classes so that small datasets fill every fold
-    for label in range(NUM_CLASSES):
-        members = [i for i, s in enumerate(specs) if s.label == label]
+    group = np.empty(len(labels), int)
+    position = 0  # runs on across classes so that small datasets fill every group
+    for label in range(n_classes):
+        members = [int(i) for i in np.flatnonzero(labels == label)]
         rng.shuffle(members)
         for i in members:
-            fold_of[i] = position % N_FOLDS
+            group[i] = position % GROUPS
             position += 1
-    table = pd.DataFrame({"video_name": [f"{s.clip_id:05d}" for s in specs],
-                          "label": [s.label + 1 for s in specs]})
-    for k in range(N_FOLDS):
-        for sub, mask in ((TRAIN_DIR, fold_of != k), (TEST_DIR, fold_of == k)):
-            out = root / SPLIT_DIRNAME / sub
-            out.mkdir(parents=True, exist_ok=True)
-            table[mask].to_csv(out / f"set_{k + 1}.csv", index=False)
+    return group
 
 
-def write_holdout_split(folder: str | Path, truth, test_share: float, seed: int) -> Path:
-    """Split files of one fold (set_1) in the DFEW file layout under `folder`: a stratified share
-    `test_share` of the clips of `truth` (synth_truth.csv) for test, the rest for training. For
-    checks that need a larger test fold than DFEW's 5-fold protocol gives (20%); returns `folder`."""
-    import pandas as pd
+def write_split_files(folder: Path, dataset, tests: dict[int, np.ndarray], names: list[str],
+                      labels: np.ndarray) -> None:
+    """The split files of the folds in `tests` (fold -> (N,) bool, clip tested) under the split folder `folder`."""
+    for k, is_test in tests.items():
+        for part, mask in (("train", ~is_test), ("test", is_test)):
+            path = folder / dataset.split_path(k, part)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dataset.format_split([(n, int(lab)) for n, lab, m in zip(names, labels, mask) if m]))
 
-    from dfew_mm.data.dfew import TEST_DIR, TRAIN_DIR
 
+def write_splits(root: Path, specs: list[ClipSpec], seed: int, dataset_name: str = DEFAULT_DATASET) -> None:
+    """The dataset's protocol over the clips: with k folds each clip is in the test set of exactly one
+    fold (stratified, as DFEW's); a fixed split tests one stratified group (a fifth of the clips)."""
+    dataset = get_dataset(dataset_name)()
+    labels = np.array([s.label for s in specs])
+    group = split_groups(labels, len(dataset.classes), seed)
+    if len(dataset.folds) > GROUPS:
+        raise ConfigError(f"{dataset.title} has {len(dataset.folds)} folds; synthetic data splits into {GROUPS}")
+    tests = {k: group == i for i, k in enumerate(dataset.folds)}
+    names = [dataset.synth_clip(s.clip_id, s.label).name for s in specs]
+    write_split_files(root / dataset.split_folder, dataset, tests, names, labels)
+
+
+def write_holdout_split(folder: str | Path, truth, test_share: float, seed: int,
+                        dataset_name: str = DEFAULT_DATASET) -> Path:
+    """Split files of one fold (the dataset's first) in its file layout under `folder`: a stratified share
+    `test_share` of the clips of `truth` (synth_truth.csv) for test, the rest for training. For checks
+    that need a larger test fold than a 5-fold protocol gives (20%); returns `folder` (a --splits-dir)."""
+    dataset = get_dataset(dataset_name)()
     if not 0.0 < test_share < 1.0:
         raise ConfigError(f"test share {test_share} must lie between 0 and 1")
     rng = np.random.default_rng(seed + 11)
     labels = truth["label"].to_numpy()
     test = np.zeros(len(truth), bool)
-    for label in range(NUM_CLASSES):
+    for label in range(len(dataset.classes)):
         members = np.flatnonzero(labels == label)
         rng.shuffle(members)
         test[members[: int(round(test_share * len(members)))]] = True
-    table = pd.DataFrame({"video_name": [f"{i:05d}" for i in truth["clip_id"]], "label": labels + 1})
+    names = [dataset.synth_clip(int(i), int(lab)).name for i, lab in zip(truth["clip_id"], labels)]
     folder = Path(folder)
-    for sub, mask in ((TRAIN_DIR, ~test), (TEST_DIR, test)):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        table[mask].to_csv(folder / sub / "set_1.csv", index=False)
+    write_split_files(folder, dataset, {dataset.folds[0]: test}, names, labels)
     return folder
 
 
 def generate_dataset(root: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 1) -> dict:
-    """Write clips, split files and `synth_truth.csv` (what each modality shows) under root."""
+    """Write clips (and/or their face frames), split files and `synth_truth.csv` (what each modality shows)
+    under root, in the layout of `cfg.dataset`."""
     import pandas as pd
 
-    from dfew_mm.data.dfew import CLIP_DIR
-
     root = Path(root)
-    clip_dir = root / CLIP_DIR
-    clip_dir.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     specs = plan_clips(cfg)
-    jobs = [(s, cfg, clip_dir) for s in specs]
+    jobs = [(s, cfg, root) for s in specs]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_make_clip, jobs))
     else:
         for job in jobs:
             _make_clip(job)
-    write_splits(root, specs, cfg.seed)
+    write_splits(root, specs, cfg.seed, cfg.dataset)
     truth = pd.DataFrame([asdict(s) for s in specs])
     truth.to_csv(root / "synth_truth.csv", index=False)
     return {"clips": len(specs), "dark": int(truth["dark"].sum())}

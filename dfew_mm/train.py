@@ -3,7 +3,8 @@ honest model selection on a validation split carved from the training fold, exac
 
 Run directory (`train.out_dir`): config.yaml, environment.json, metrics.jsonl, tb/, last.pt,
 best.pt (highest validation UAR), test_metrics.json and test_predictions.csv (test fold, best and
-last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out.
+last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out; with
+`test_every_epoch`, also TEST_BY_EPOCH (the test fold after every epoch, for `cv --best-test-epoch`).
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from tqdm import tqdm
 
 from dfew_mm.balance import Balancer, fit_member_weights
 from dfew_mm.batch import batch_to, collate
-from dfew_mm.checkpoint import (load_weights, model_config_diff, read_checkpoint, remove_stale_checkpoint_temps,
-                                rng_state, save_checkpoint, set_rng_state)
+from dfew_mm.checkpoint import (checkpoint_classes, load_weights, model_config_diff, read_checkpoint,
+                                remove_stale_checkpoint_temps, rng_state, save_checkpoint, set_rng_state)
 from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
-from dfew_mm.constants import NUM_CLASSES
 from dfew_mm.data.dataset import ClipDataset
 from dfew_mm.data.embeddings import EmbeddingCache
-from dfew_mm.data.splits import fold_splits
+from dfew_mm.data.splits import check_originals, dataset_of, fold_splits
 from dfew_mm.data.store import EXTRACTOR_VERSION, FeatureStore
 from dfew_mm.device import autocast, set_deterministic
 from dfew_mm.distributed import Dist, barrier, gather, setup_distributed
@@ -48,6 +48,7 @@ from dfew_mm.predictions import modality_label, prediction_frame
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
 METRICS_FILE = "metrics.jsonl"  # one line per epoch
+TEST_BY_EPOCH = "test_by_epoch.jsonl"  # one line per epoch: the test fold's metrics, never used to select
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -55,7 +56,7 @@ class BalancedSampler(Sampler[int]):
     """Class-balanced sampling with replacement, seeded per epoch and sharded over ranks."""
 
     def __init__(self, labels: np.ndarray, rank: int, world: int, seed: int):
-        counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+        counts = np.bincount(labels).astype(np.float64)
         self.weights = torch.as_tensor(1.0 / counts[labels])
         self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
         self.per_rank = math.ceil(len(labels) / world)
@@ -105,21 +106,21 @@ def evaluate_loader(model: EmotionModel, loader: DataLoader, d: Dist, amp: bool)
     """Metrics and predictions over the union of all ranks' shards (the shared inference loop)."""
     parts = gather(predict_logits(model, loader, d.device, amp), d)
     preds = Predictions.concat(parts)
-    return classification_metrics(preds.labels, preds.preds), preds
+    return classification_metrics(preds.labels, preds.preds, model.classes), preds
 
 
-def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path,
+def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path, classes: tuple[str, ...],
                      by_checkpoint: dict[str, Predictions]) -> pd.DataFrame:
     """The test fold's per-clip predictions of each checkpoint, in the `dfew_mm evaluate` file format."""
     mods = modality_label(cfg.model.modalities)
-    return pd.concat([prediction_frame(p.clip_ids, p.labels, p.probs, store.manifest, modalities=mods,
+    return pd.concat([prediction_frame(p.clip_ids, p.labels, p.probs, store.manifest, classes, modalities=mods,
                                        perturbation="none", darken=0.0, run=run_dir.name, trained_modalities=mods,
                                        fold=cfg.data.fold, split="test", checkpoint=name)
                       for name, p in by_checkpoint.items()], ignore_index=True)
 
 
 def keep_epochs_before(path: Path, epoch: int) -> None:
-    """Drop the lines of `epoch` and later from metrics.jsonl, and a line cut short: those of epochs a
+    """Drop the lines of `epoch` and later from a per-epoch .jsonl file, and a line cut short: those of epochs a
     killed run wrote before saving their last.pt, which the resumed run trains and writes again."""
     if not path.is_file():
         return
@@ -174,17 +175,20 @@ def make_optimizer(model: EmotionModel, cfg: ExperimentConfig, steps_per_epoch: 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def class_weights(labels: np.ndarray) -> torch.Tensor:
-    """Inverse class frequency, mean 1 over the classes present."""
-    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """(C,) inverse class frequency, mean 1 over the classes present."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, len(labels) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 
 
 # -- the loop -----------------------------------------------------------------------------------
-def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None) -> Path:
+def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None,
+          test_every_epoch: bool = False) -> Path:
     """Train one fold; returns the run directory. `stop_after_epochs` ends this call early
-    (for time-limited job slots); `resume=True` continues from the run directory's last.pt."""
+    (for time-limited job slots); `resume=True` continues from the run directory's last.pt.
+    `test_every_epoch` also evaluates the test fold after every epoch into TEST_BY_EPOCH, for the
+    optimistic best-test-epoch figure; training, selection and the random streams stay as without it."""
     if not cfg.data.store:
         raise ConfigError("no feature store given: pass --store FEATURES (data.store=FEATURES)")
     for key in ("epochs", "batch_size", "grad_accum"):
@@ -211,7 +215,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         log.warning("%s comes from extractor version %d (now %d), whose features depend on the order clips were "
                     "extracted in: re-extract it for exactly reproducible runs (docs/reproducibility.md)",
                     store.path, extractor, EXTRACTOR_VERSION)
+    dataset = dataset_of(cfg.data)
     splits = fold_splits(store, cfg.data, cfg.train.seed)
+    check_originals(store, [*splits.train.ids, *splits.val.ids, *splits.test.ids], cfg.model, cfg.model.modalities,
+                    f"fold {cfg.data.fold}", dataset)
     cache = EmbeddingCache(cfg.data.embedding_cache) if cfg.data.embedding_cache else None
     if cache is None:  # before the first epoch: faces large enough, the waveform there if read
         check_store_fits(cfg.model, cfg.data.face_size, store.array_shapes(splits.train.ids[0]))
@@ -223,7 +230,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
              len(splits.train.ids), len(splits.val.ids), len(splits.test.ids), ",".join(cfg.model.modalities),
              d.device, d.world)
 
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, dataset.classes)
     if not resume:
         load_pretrained(model, cfg.model)
         if cache is not None:  # the frozen encoders that made the cache, so checkpoints match it
@@ -236,7 +243,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch)
-    weights = class_weights(splits.train.labels).to(d.device) if cfg.train.class_balance == "weighted_loss" else None
+    weights = (class_weights(splits.train.labels, model.num_classes).to(d.device)
+               if cfg.train.class_balance == "weighted_loss" else None)
     balance = Balancer(model, cfg.train, weights)  # fused + unimodal losses, OGM-GE (dfew_mm/balance.py)
 
     start_epoch, best = 0, {"uar": -1.0, "epoch": -1}
@@ -245,6 +253,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         diff = model_config_diff(ckpt["config"]["model"], to_dict(cfg)["model"])
         if diff:
             raise DfewMMError(f"{last_path} was trained with a different model configuration: " + "; ".join(diff))
+        saved_classes = checkpoint_classes(ckpt, cfg)
+        if saved_classes != model.classes:
+            raise DfewMMError(f"{last_path} was trained on the classes {', '.join(saved_classes)}; "
+                              f"{dataset.title} has {', '.join(model.classes)}")
         load_weights(model, ckpt["model"], last_path)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -266,7 +278,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     writer = None
     if d.main:
         write_run_record(run_dir, cfg)
-        keep_epochs_before(run_dir / METRICS_FILE, start_epoch)
+        for name in (METRICS_FILE, TEST_BY_EPOCH):
+            keep_epochs_before(run_dir / name, start_epoch)
         if len(splits.excluded):
             atomic_write_text(run_dir / "excluded_clips.csv", splits.excluded.to_csv(index=False))
         from torch.utils.tensorboard import SummaryWriter
@@ -327,18 +340,25 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
                   "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
                   "best_epoch": best["epoch"],
                   **balance.epoch_record(), **weights_record}
+        if test_every_epoch:  # drawn from a saved state and restored: the run itself stays the same
+            saved = rng_state()
+            test_now, _ = evaluate_loader(model, test_loader, d, cfg.train.amp)
+            set_rng_state(saved)
         rng = gather(rng_state(), d)
         if d.main:
             log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
                      format_metrics(val), record["clips_per_s"])
             meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha(), "extractor_version": extractor}
-            payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "rng": rng}
-            # the epoch's line before last.pt: a kill in between redoes the epoch, which writes the line again
+            payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "classes": list(model.classes),
+                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng}
+            # the epoch's lines before last.pt: a kill in between redoes the epoch, which writes the lines again
             with open(run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(json_safe(record)) + "\n")
+            if test_every_epoch:
+                with open(run_dir / TEST_BY_EPOCH, "a") as f:
+                    f.write(json.dumps(json_safe({"epoch": epoch, **test_now})) + "\n")
             if improved:
-                save_checkpoint(best_path, {"model": payload["model"], "config": payload["config"], "meta": meta})
+                save_checkpoint(best_path, {k: payload[k] for k in ("model", "config", "meta", "classes")})
             save_checkpoint(last_path, payload)
             for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
                 writer.add_scalar(key, record[key], epoch)
@@ -351,11 +371,12 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
         load_weights(model, best_ckpt["model"], best_path)
         best_metrics, best_preds = evaluate_loader(model, test_loader, d, cfg.train.amp)
         results = {"last": {"epoch": end_epoch - 1, **last_metrics},
-                   "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics}}
+                   "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics},
+                   "dataset": cfg.data.dataset, "classes": list(model.classes)}
         if d.main:
             atomic_write_text(run_dir / "test_metrics.json", json.dumps(json_safe(results), indent=2) + "\n")
             atomic_write_text(run_dir / "test_predictions.csv", test_predictions(
-                cfg, store, run_dir, {"best": best_preds, "last": last_preds}).to_csv(index=False))
+                cfg, store, run_dir, model.classes, {"best": best_preds, "last": last_preds}).to_csv(index=False))
             log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
                      format_metrics(results["best"]), format_metrics(results["last"]))
         barrier(d)

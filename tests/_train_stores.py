@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dfew_mm.constants import NUM_CLASSES
-from dfew_mm.data.dfew import SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
+from dfew_mm.datasets.dfew import NUM_CLASSES, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 
 # Overrides of configs/tiny.yaml for these stores: 4 of their frames, 32 px faces, 1 s of audio, CPU.
 SMALL = ["data.face_size=32", "data.frames=4", "data.audio_frames=100", "model.audio.max_length=112",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from dfew_mm.data.dfew import TEST_DIR
+from dfew_mm.datasets.dfew import TEST_DIR
 from dfew_mm.evaluate import PREDICTION_COLUMNS, RELIANCE_COLUMNS
 
 

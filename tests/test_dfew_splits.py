@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dfew_mm.cli import main
-from dfew_mm.data.dfew import (CLIP_DIR, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR, fold_summary,
+from dfew_mm.datasets.dfew import (CLIP_DIR, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR, fold_summary,
                                index_clip_files, load_fold, load_folds, unique_clips)
 from dfew_mm.errors import DatasetError
 

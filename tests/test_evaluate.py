@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfew_mm.constants import CLASSES
+from dfew_mm.datasets.dfew import CLASSES
 from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.evaluate import (PREDICTION_COLUMNS, PROB_COLUMNS, QUALITY_COLUMNS, RELIANCE_COLUMNS, Darken, darken,
                               evaluate, metrics_path_for, parse_darken, parse_modalities)

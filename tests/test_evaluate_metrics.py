@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from dfew_mm.constants import CLASSES
+from dfew_mm.datasets.dfew import CLASSES
 from dfew_mm.metrics import classification_metrics, format_metrics
 
 

@@ -21,9 +21,8 @@ import torch
 from _train_stores import SMALL, random_clip
 from dfew_mm.balance import Balancer, ogm_coefficients
 from dfew_mm.config import load_config
-from dfew_mm.constants import NUM_CLASSES
-from dfew_mm.data.dfew import SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 from dfew_mm.data.store import MANIFEST_COLUMNS, FeatureStore
+from dfew_mm.datasets.dfew import NUM_CLASSES, SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR
 from dfew_mm.errors import ConfigError
 from dfew_mm.models import build_model
 from dfew_mm.models.classifier import Outputs

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from dfew_mm.config import ModelConfig, load_config
-from dfew_mm.constants import NUM_CLASSES
+from dfew_mm.datasets.dfew import NUM_CLASSES
 from dfew_mm.errors import AssetError, ConfigError
 from dfew_mm.models import build_model, load_pretrained, resolve_modalities
 from dfew_mm.models.backbones.ast import ast_config, fit_position_embeddings

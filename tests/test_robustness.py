@@ -26,9 +26,9 @@ from dfew_mm.checkpoint import save_checkpoint
 from dfew_mm.cli import main, one_line
 from dfew_mm.config import load_config
 from dfew_mm.data.dataset import ClipDataset
-from dfew_mm.data.dfew import SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR, load_fold
 from dfew_mm.data.splits import fold_splits
 from dfew_mm.data.store import FeatureStore, check_clip_file
+from dfew_mm.datasets.dfew import SPLIT_DIRNAME, TEST_DIR, TRAIN_DIR, load_fold
 from dfew_mm.errors import ConfigError, DatasetError, StoreError, WriteError
 from dfew_mm.extract.run import list_clips, select_clips
 from dfew_mm.files import HOST_TAG, atomic_write_bytes, remove_stale_temp_files, temp_owner_alive

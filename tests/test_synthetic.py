@@ -11,8 +11,8 @@ import pytest
 from mediapipe.tasks import python as mp_tasks
 from mediapipe.tasks.python import vision
 
-from dfew_mm.constants import CLASSES, LUMA_WEIGHTS
-from dfew_mm.data.dfew import CLIP_DIR, load_folds
+from dfew_mm.constants import LUMA_WEIGHTS
+from dfew_mm.datasets.dfew import CLASSES, CLIP_DIR, load_folds
 from dfew_mm.synth import SynthConfig, generate_dataset, plan_clips, render_audio, render_frames
 
 

@@ -1,4 +1,5 @@
-"""DFEW index and folds, the feature store and the torch dataset over it."""
+"""The feature store, a fold's train/val/test clips in it, and the torch dataset over it (the datasets' own
+files, folds and face frame folders are in dfew_mm.datasets)."""
 
 from dfew_mm.data.store import FeatureStore
 

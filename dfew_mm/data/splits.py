@@ -1,26 +1,30 @@
-"""Fold lists -> the train/validation/test clip ids of one DFEW fold that a feature store can serve.
+"""Fold lists -> the train/validation/test clip ids of one fold that a feature store can serve.
+
+The fold lists come from the dataset named by the config (`data.dataset`, dfew_mm.datasets), read
+from its copy (`data.root`, or `data.dfew_root` for DFEW) or its split folder (`data.splits_dir`).
 
 The validation split is carved out of the training fold (stratified, seeded); the test fold is
 only used once training is complete. Every clip of the fold is checked before anything starts
 (a manifest row with status ok, a clip file of the recorded size whose zip directory reads).
 Clips missing from the store, failed in extraction or with unreadable files stop the run with
 the list and the repair, unless `allow_missing` is set, in which case they are listed in
-`FoldSplits.excluded`.
+`FoldSplits.excluded`. Clips extracted from a dataset's face frames without their original video
+hold faces only: `check_originals` stops modalities that read pose or audio before they start.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from dfew_mm.config import DataConfig
-from dfew_mm.data.dfew import load_fold
-from dfew_mm.data.store import FeatureStore
+from dfew_mm.data.store import ORIGINAL_ARRAYS, FeatureStore
+from dfew_mm.datasets import open_dataset
+from dfew_mm.datasets.base import Dataset
 from dfew_mm.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,11 @@ class FoldSplits:
 
 
 UNREADABLE = "unreadable"  # reason prefix of clips whose file is missing or damaged
+
+
+def dataset_of(data_cfg: DataConfig) -> Dataset:
+    """The dataset of a `data` config section, bound to its copy and split folder."""
+    return open_dataset(data_cfg.dataset, data_cfg.root or data_cfg.dfew_root or None, data_cfg.splits_dir or None)
 
 
 def _usable(store: FeatureStore, ids: Sequence[str]) -> dict[str, str]:
@@ -89,15 +98,13 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
     Only the split files in `parts` are checked against the store; with `parts=("test",)` (evaluating
     the test split, e.g. on a store that holds only the test clips) train and val come back empty.
     """
-    root = Path(data_cfg.dfew_root) if data_cfg.dfew_root else None
-    splits_dir = Path(data_cfg.splits_dir) if data_cfg.splits_dir else None
-    fold = load_fold(data_cfg.fold, root, splits_dir)
+    fold = dataset_of(data_cfg).fold(data_cfg.fold)
     excluded, kept, stops = [], {}, []
     for name, frame in (("train", fold.train), ("test", fold.test)):
         if name not in parts:
             kept[name] = Split([], np.zeros(0, dtype=np.int64))
             continue
-        ids = [str(int(i)) for i in frame.index]
+        ids = [str(i) for i in frame.index]
         reasons = _usable(store, ids)
         bad = [i for i in ids if reasons[i]]
         absent = [i for i in bad if not reasons[i].startswith(UNREADABLE)]
@@ -106,7 +113,7 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
             stops.append(f"{len(absent)} of {len(ids)} {name} clips of fold {fold.k} are not usable in feature store "
                          f"{store.path}: {first}{' ...' if len(absent) > 5 else ''}")
         excluded += [{"clip_id": i, "split": name, "reason": reasons[i]} for i in bad]
-        good = frame.loc[[int(i) for i in ids if not reasons[i]], "label"].to_numpy(dtype=np.int64)
+        good = frame.loc[[i for i in ids if not reasons[i]], "label"].to_numpy(dtype=np.int64)
         kept[name] = Split([i for i in ids if not reasons[i]], good)
     unreadable = {e["clip_id"]: e["reason"][len(UNREADABLE) + 2:] for e in excluded
                   if e["reason"].startswith(UNREADABLE)}
@@ -131,3 +138,38 @@ def fold_splits(store: FeatureStore, data_cfg: DataConfig, seed: int,
     pick = lambda mask: Split([i for i, m in zip(train.ids, mask) if m], train.labels[mask])  # noqa: E731
     return FoldSplits(pick(~is_val), pick(is_val), kept["test"],
                       pd.DataFrame(excluded, columns=["clip_id", "split", "reason"]))
+
+
+def without_original(store: FeatureStore, ids: Sequence[str]) -> list[str]:
+    """The clips among `ids` extracted from a dataset's face frames without an original video (manifest
+    `has_original` false): their ORIGINAL_ARRAYS are empty. Stores from before the column: none."""
+    manifest = store.manifest
+    if "has_original" not in manifest:
+        return []
+    flags = manifest.set_index("clip_id")["has_original"]
+    lacking = {str(i) for i, flag in flags.items() if str(flag).strip().lower() in ("false", "0")}
+    return [i for i in ids if i in lacking]
+
+
+def check_originals(store: FeatureStore, ids: Sequence[str], model_cfg, modalities: Sequence[str],
+                    context: str, dataset: Dataset) -> None:
+    """StoreError (one line) when `modalities` read arrays only an original video gives (pose, audio) and
+    clips among `ids` of `dataset` have none: names those clips, the modalities and the ways on."""
+    from dfew_mm.models.encoders import ENCODERS
+
+    needs = [m for m in modalities if set(ENCODERS[m].store_arrays(getattr(model_cfg, m))) & set(ORIGINAL_ARRAYS)]
+    lacking = without_original(store, ids) if needs else []
+    if not lacking:
+        return
+    source = (store.settings() or {}).get("face_source", "SOURCE")
+    rest = [m for m in modalities if m not in needs]
+    instead = f", or leave out {', '.join(needs)} (e.g. --modalities {','.join(rest)})" if rest else (
+        ", or train a modality that needs no original (e.g. --modalities video)")
+    fix = (f"put their originals in ROOT/{dataset.clip_dir}/<id>.mp4 and re-extract them (`dfew_mm extract --dataset "
+           f"{dataset.name} --root ROOT --face-source {source} --out {store.path} --overwrite`){instead}"
+           if dataset.clip_dir else f"{dataset.title} distributes face frames only, no original clips: leave out "
+           f"{', '.join(needs)} (e.g. --modalities {','.join(rest) or 'video'})")
+    raise StoreError(
+        f"{context}: {', '.join(needs)} need{'s' if len(needs) == 1 else ''} the clips' original videos, and "
+        f"{len(lacking)} of {len(ids)} clips have none in feature store {store.path} (e.g. {', '.join(lacking[:5])}"
+        f"{' ...' if len(lacking) > 5 else ''}): {fix}")

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from dfew_mm.data.dfew import is_clip_number
+from dfew_mm.datasets.base import natural_key
 from dfew_mm.errors import StoreError, WriteError
 from dfew_mm.files import atomic_write_bytes
 
@@ -36,21 +36,25 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = (
     "clip_id", "status", "error", "n_frames", "fps", "duration_s", "width", "height",
     "face_rate", "pose_rate", "has_audio", "audio_rms_db", "luma_mean", "face_luma_mean", "extract_s",
-    "npz_bytes",
+    "npz_bytes", "has_original",
 )
 INTEGER_COLUMNS = ("n_frames", "width", "height", "npz_bytes")
 # name -> (dtype, shape); T sampled frames, S face size, F filterbank frames (10 ms each).
 CLIP_ARRAYS = {
     "faces": ("uint8", "(T, S, S, 3) RGB face crops"),
-    "face_mask": ("bool", "(T,) a face was detected in that frame"),
-    "face_boxes": ("float32", "(T, 4) normalised x1, y1, x2, y2"),
+    "face_mask": ("bool", "(T,) a face was detected in that frame (face frames: the frame exists, not blank)"),
+    "face_boxes": ("float32", "(T, 4) normalised x1, y1, x2, y2; NaN for a dataset's face frames"),
     "pose": ("float32", "(T, 33, 4) x, y, z, visibility"),
     "pose_mask": ("bool", "(T,) a body was detected in that frame"),
     "audio": ("float16", "(F, 128) log-mel filterbank, 16 kHz, 10 ms hop"),
-    "frame_index": ("int32", "(T,) index of the sampled frame in the clip"),
+    "frame_index": ("int32", "(T,) index of the sampled frame in the clip (face frames: in its frame folder)"),
     "frame_time": ("float32", "(T,) time of the sampled frame, seconds"),
     "luma": ("float32", "(T,) mean BT.601 luma of the whole frame, 0..255"),
 }
+# What only a clip's original video gives. A clip extracted from a dataset's face frames without its
+# original (manifest column has_original false) holds them empty: pose all-zero with pose_mask all
+# false, audio (0, 128), waveform (0,); models that read them refuse such clips (dfew_mm.data.splits).
+ORIGINAL_ARRAYS = ("pose", "pose_mask", "audio", "waveform")
 OPTIONAL_ARRAYS = {"blendshapes": ("float32", "(T, 52) FaceLandmarker blendshape scores")}
 # Store format, recorded as `store_format` in the settings file. 2: every clip file also holds
 # `waveform` (N,) int16, the 16 kHz mono audio that waveform speech encoders read; 1 (no key): before.
@@ -336,7 +340,7 @@ class FeatureStore:
     def unreadable_error(self, problems: Mapping[str, str], context: str, shown: int = 20,
                          max_ids: int = 200) -> StoreError:
         """One error listing the clips whose files cannot be read, with the commands that repair them."""
-        ids = sorted(problems, key=_natural_sort_key)
+        ids = sorted(problems, key=natural_key)
         details = ", ".join(f"{i} ({problems[i]})" for i in ids[:shown])
         rest = ids[shown:max_ids]
         more = f", and {', '.join(rest)}" if rest else ""
@@ -406,7 +410,7 @@ class FeatureStore:
         if damaged:
             log.warning("%s: %d damaged records left out of the manifest (their clips count as not extracted "
                         "and are redone by the next extraction): %s", self.records_dir, len(damaged),
-                        ", ".join(sorted(damaged, key=_natural_sort_key)[:10]))
+                        ", ".join(sorted(damaged, key=natural_key)[:10]))
         frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         for column in INTEGER_COLUMNS:  # whole numbers stay whole beside the empty cells of failed clips
             frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
@@ -438,14 +442,9 @@ def _parse_manifest(data: bytes) -> pd.DataFrame:
     return frame
 
 
-def _natural_sort_key(clip_id: object) -> tuple[int, int, str]:
-    text = str(clip_id)
-    return (0, int(text), "") if is_clip_number(text) else (1, 0, text)
-
-
 def _natural_key(ids: pd.Series) -> pd.Series:
     """Sort numeric DFEW ids as numbers and other ids as text."""
-    return ids.map(_natural_sort_key)
+    return ids.map(natural_key)
 
 
 def _json_default(value: Any) -> Any:

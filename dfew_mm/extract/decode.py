@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -67,22 +68,27 @@ class FrameBuffer:
         return self._memory[:size].reshape(t, height, width, 3)
 
 
-def decode_clip(path: Path, t: int, buffer: FrameBuffer | None = None) -> DecodedClip:
+Pick = Callable[[int], np.ndarray]  # frames in the clip -> (T,) ascending indices of the frames to decode
+
+
+def decode_clip(path: Path, t: int, buffer: FrameBuffer | None = None, pick: Pick | None = None) -> DecodedClip:
     """Decode the T sampled frames and the audio of `path`; raise DecodeError with a reason.
 
     With a `buffer`, the decoded frames live in it (decord only) and stay valid until its next use.
+    `pick` chooses other frames than T uniformly spaced ones (e.g. those a dataset's face frames show).
     """
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"file not found: {path}")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
+    pick = pick or (lambda n: sample_indices(n, t))
     try:
-        return _decode_decord(path, t, buffer)
+        return _decode_decord(path, pick, buffer)
     except Exception as decord_err:  # decord raises bare RuntimeErrors/DECORDErrors for bad input
         log.debug("decord cannot decode %s (%s); trying PyAV", path, decord_err)
         try:
-            return _decode_pyav(path, t)
+            return _decode_pyav(path, pick)
         except Exception as av_err:
             raise DecodeError(f"cannot decode video (decord: {_short(decord_err)}; "
                               f"PyAV: {_short(av_err)})") from av_err
@@ -94,12 +100,12 @@ def _short(err: Exception) -> str:
 
 
 # -- decord ----------------------------------------------------------------------------------
-def _decode_decord(path: Path, t: int, buffer: FrameBuffer | None) -> DecodedClip:
+def _decode_decord(path: Path, pick: Pick, buffer: FrameBuffer | None) -> DecodedClip:
     from decord import VideoReader, cpu
 
     reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
     n_frames, fps = len(reader), float(reader.get_avg_fps())
-    index = sample_indices(n_frames, t)
+    index = pick(n_frames)
     frames = _read_frames(reader, index, buffer or FrameBuffer())  # (T, H, W, 3)
     times = reader.get_frame_timestamp(index.tolist())[:, 0].astype(np.float32)  # frame start, s
     height, width = frames.shape[1:3]
@@ -132,7 +138,7 @@ def _read_frames(reader, index: np.ndarray, buffer: FrameBuffer) -> np.ndarray:
 
 
 # -- PyAV fallback ---------------------------------------------------------------------------
-def _decode_pyav(path: Path, t: int) -> DecodedClip:
+def _decode_pyav(path: Path, pick: Pick) -> DecodedClip:
     """Sequential decoding: a first pass counts the decodable frames (a truncated file keeps the
     frames before the damage), a second keeps the sampled ones."""
     import av
@@ -144,7 +150,7 @@ def _decode_pyav(path: Path, t: int) -> DecodedClip:
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         declared = stream.frames  # 0 when the container does not say
         n_frames = sum(1 for _ in _frames_until_error(container, stream))
-    index = sample_indices(n_frames, t)
+    index = pick(n_frames)
     wanted = {int(i) for i in index}
     kept: dict[int, np.ndarray] = {}
     kept_time: dict[int, float] = {}

@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dfew_mm.constants import DEFAULT_FACE_SIZE, DEFAULT_FRAMES, MAX_FACE_SIZE, MAX_FRAMES, MIN_FACE_SIZE
+from dfew_mm.constants import (DEFAULT_FACE_SIZE, DEFAULT_FRAMES, FACE_SOURCE_DETECT, MAX_FACE_SIZE, MAX_FRAMES,
+                               MIN_FACE_SIZE)
 
 # Settings added after stores were first written: what a saved settings file without them meant.
-ABSENT_SETTINGS = {"darken": 0.0, "darken_seed": 0, "store_format": 1, "extractor_version": 1}
+ABSENT_SETTINGS = {"darken": 0.0, "darken_seed": 0, "store_format": 1, "extractor_version": 1,
+                   "face_source": FACE_SOURCE_DETECT}
 FACE_MODELS = ("auto", "short_range", "full_range")  # auto: both, the better track per clip
 # A run setting, not a feature setting (not saved with the store): seconds one clip may take before
 # its worker process is stopped and the clip recorded as failed. A DFEW clip takes about 1 s per
@@ -25,6 +27,9 @@ class ExtractOptions:
     """Settings that change the stored features (saved with the store, checked on resume)."""
 
     frames: int = DEFAULT_FRAMES  # T, frames sampled uniformly per clip
+    # where faces come from: detected in the original clips, or a face frame folder the dataset
+    # distributes (its name, e.g. DFEW's clip_224x224; dfew_mm.extract.face_frames), which needs no detector
+    face_source: str = FACE_SOURCE_DETECT
     face_size: int = DEFAULT_FACE_SIZE  # S, px
     face_margin: float = 0.25  # crop side = longer face-box side x (1 + margin)
     face_model: str = "auto"  # short-range BlazeFace, the full-range one where it misses (FACE_MODELS)
@@ -54,6 +59,9 @@ class ExtractOptions:
             raise ValueError(f"darken={self.darken}: the darkening strength must be between 0 and 1 (0 = off)")
         if self.darken_seed < 0:
             raise ValueError(f"darken_seed={self.darken_seed}: the seed must be 0 or more")
+        if not (self.face_source.isascii() and self.face_source.replace("_", "").isalnum()):
+            raise ValueError(f"face_source {self.face_source!r}: {FACE_SOURCE_DETECT} or the name of a face frame "
+                             "folder of the dataset (letters, digits, _)")
         if self.face_model not in FACE_MODELS:
             raise ValueError(f"face_model '{self.face_model}' unknown; choose from {FACE_MODELS}")
         if self.pose_model not in POSE_MODELS:
@@ -67,5 +75,8 @@ class ExtractOptions:
             ["face_landmarker"] if self.blendshapes else [])
 
     def face_detector_keys(self) -> list[str]:
+        """The face detectors to load: none when the faces come from a dataset's face frames."""
+        if self.face_source != FACE_SOURCE_DETECT:
+            return []
         names = ("short_range", "full_range") if self.face_model == "auto" else (self.face_model,)
         return [f"face_detector_{name}" for name in names]

@@ -93,7 +93,7 @@ def _worker_main(conn, log_path: str, options: ExtractOptions, model_paths: dict
                 _inject(faults[clip_id])
             try:
                 try:
-                    record = extract_one(extractor, store, clip_id, Path(path))
+                    record = extract_one(extractor, store, clip_id, path)
                 except WriteError:
                     raise
                 except Exception as err:  # the extractor catches bad input; this is anything else
@@ -126,7 +126,7 @@ def _leave(extractor, code: int) -> None:
         os._exit(code)
 
 
-def extract_one(extractor, store: FeatureStore, clip_id: str, path: Path) -> dict:
+def extract_one(extractor, store: FeatureStore, clip_id: str, path) -> dict:
     """Extract one clip and write its arrays, then its record (last: an ok record means a complete file)."""
     record, arrays = extractor.extract(clip_id, path)
     if arrays is not None:
@@ -290,7 +290,7 @@ class SupervisedPool:
                     if worker.ready and worker.item is None and pending:
                         item = pending.popleft()
                         try:
-                            worker.conn.send((item[0], str(item[1])))
+                            worker.conn.send(item)  # (clip id, video Path or ClipFiles)
                         except OSError:  # it died while idle: the clip goes to another worker
                             pending.appendleft(item)
                             continue

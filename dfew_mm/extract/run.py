@@ -1,5 +1,9 @@
 """Extraction runs: list the clips, skip finished ones, extract in worker processes, keep the manifest.
 
+A dataset's clips come from its file (dfew_mm.datasets): the original clips, or with a face source
+other than `detect` the folders of face frames the dataset distributes (frames-only clips: faces,
+no pose or audio; see dfew_mm.extract.frames).
+
 Each worker process holds one ClipExtractor (its own MediaPipe instances) and writes each clip's
 arrays and record atomically into the store, so a kill or Ctrl-C loses at most the clips in
 flight and a re-run resumes where it stopped; a clip counts as finished only if its file is
@@ -21,27 +25,40 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from dfew_mm.data.dfew import (CLIP_DIR, VIDEO_SUFFIXES, index_clip_files, is_clip_number, normalise_clip_id,
-                               video_file_problem, warn_skipped)
+from dfew_mm.constants import FACE_SOURCE_DETECT
 from dfew_mm.data.store import EXTRACTOR_VERSION, STORE_FORMAT, FeatureStore
+from dfew_mm.datasets import open_dataset
+from dfew_mm.datasets.base import (VIDEO_SUFFIXES, Dataset, is_clip_number, natural_key, video_file_problem,
+                                   warn_skipped)
 from dfew_mm.errors import DatasetError, StoreError, WriteError
 from dfew_mm.files import remove_stale_temp_files
 from dfew_mm.extract.assets import resolve_model
+from dfew_mm.extract.face_frames import ClipFiles
 from dfew_mm.extract.options import ABSENT_SETTINGS, DEFAULT_CLIP_TIMEOUT_S, ExtractOptions
 from dfew_mm.extract.pool import SupervisedPool
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")  # the DFEW split files of a fold (validation is carved out at training time)
+SPLITS = ("train", "test")  # the split files of a fold (validation is carved out at training time)
 
 
 # -- which clips -------------------------------------------------------------------------------
-def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None) -> dict[str, Path]:
-    """clip id -> video file. DFEW ids are str(int) ("42"); other folders use the file stem."""
-    if (dfew_root is None) == (clips_dir is None):
-        raise DatasetError("give exactly one of --dfew-root or --clips-dir")
+def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None, face_source_name: str = FACE_SOURCE_DETECT,
+               dataset: Dataset | None = None) -> dict[str, Path | ClipFiles]:
+    """clip id -> video file, or its `ClipFiles` under a face frame source, for a `dataset` copy (DFEW's at
+    `dfew_root`) or any folder of videos (`clips_dir`). A dataset's ids are its store ids (DFEW's str(int),
+    "42"); other folders use the file stem."""
+    if sum(x is not None for x in (dfew_root, clips_dir, dataset)) != 1:
+        raise DatasetError("give exactly one of --root, --dfew-root or --clips-dir")
     if dfew_root is not None:
-        return {str(clip_id): path for clip_id, path in index_clip_files(Path(dfew_root) / CLIP_DIR).items()}
+        dataset = open_dataset("dfew", dfew_root)
+    if dataset is not None:
+        if dataset.face_source(face_source_name) is not None:
+            return frame_source_clips(dataset, face_source_name)
+        return original_clips(dataset)
+    if face_source_name != FACE_SOURCE_DETECT:
+        raise DatasetError(f"--face-source {face_source_name} reads a dataset's face frame folders: give "
+                           "--dfew-root or --root (a --clips-dir extraction detects the faces itself)")
     folder = Path(clips_dir)
     if not folder.is_dir():
         raise DatasetError(f"clip folder {folder} does not exist")
@@ -62,6 +79,40 @@ def list_clips(dfew_root: Path | None = None, clips_dir: Path | None = None) -> 
     return clips
 
 
+def original_clips(dataset: Dataset) -> dict[str, Path]:
+    """clip id -> original video of a dataset copy; a copy without them says which face source to use."""
+    have = [s.name for s in dataset.face_sources.values() if (dataset.root / s.folder).is_dir()]
+    if not dataset.clip_dir or not (dataset.root / dataset.clip_dir).is_dir():
+        if have:
+            missing = (f"clip folder {dataset.root / dataset.clip_dir} does not exist" if dataset.clip_dir
+                       else f"{dataset.title} distributes no original clips")
+            raise DatasetError(f"{missing}, so faces cannot be detected; this copy has {dataset.title}'s face frames: "
+                               f"use --face-source {' or '.join(have)}")
+    return dataset.clip_files()
+
+
+def frame_source_clips(dataset: Dataset, name: str) -> dict[str, Path | ClipFiles]:
+    """clip id -> `ClipFiles` for every clip with a frame folder of face source `name`, an original, or a
+    line in the split files (a clip with neither gets a failed record saying so)."""
+    source = dataset.frames_of(name)
+    folder = dataset.root / source.folder
+    if not folder.is_dir():
+        raise DatasetError(f"face frame folder {folder} does not exist (--face-source {name}); {dataset.title} "
+                           f"distributes it with the clips, e.g. {source.folder}/<clip>/1.jpg ...")
+    frames = dataset.frame_folders(name)
+    originals = dataset.root / dataset.clip_dir if dataset.clip_dir else None
+    videos = dataset.clip_files() if originals is not None and originals.is_dir() else {}
+    try:
+        listed = {i for fold in dataset.load_folds() for i in (*fold.train.index, *fold.test.index)}
+    except DatasetError as err:  # a copy without (valid) split files still extracts; `folds` and `train` say why
+        log.debug("no split files to list clips from: %s", err)
+        listed = set()
+    absent = (f"neither an original clip in {originals} nor face frames in {folder}" if originals is not None
+              else f"no face frames in {folder}")
+    return {i: ClipFiles(videos.get(i), frames.get(i), source, absent)
+            for i in sorted(set(frames) | set(videos) | listed, key=natural_key)}
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'0/4' -> (0, 4); shards are numbered 0..n-1."""
     try:
@@ -77,33 +128,33 @@ def in_shard(clip_id: str, index: int, count: int) -> bool:
     return zlib.crc32(clip_id.encode()) % count == index
 
 
-def split_clip_ids(fold: int, split: str, dfew_root: Path | None = None,
-                   splits_dir: Path | None = None) -> list[str]:
-    """DFEW ids (str(int)) of one fold's `train` or `test` split, from the split files."""
-    from dfew_mm.data.dfew import load_fold
-
+def split_clip_ids(fold: int, split: str, dfew_root: Path | None = None, splits_dir: Path | None = None,
+                   dataset: Dataset | None = None) -> list[str]:
+    """Store ids of one fold's `train` or `test` split, from the split files of `dataset` (default DFEW's
+    at `dfew_root` / `splits_dir`)."""
     if split not in SPLITS:
         raise DatasetError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    chosen = getattr(load_fold(fold, dfew_root, splits_dir), split)
-    return [str(int(i)) for i in chosen.index]
+    dataset = dataset or open_dataset("dfew", dfew_root, splits_dir)
+    return [str(i) for i in getattr(dataset.fold(fold), split).index]
 
 
 def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard: tuple[int, int] | None = None,
                  limit: int | None = None, dfew_ids: bool = False, split_ids: Sequence[str] | None = None,
-                 split_name: str = "the split") -> list[tuple[str, Path]]:
-    """Filter by --ids, then by a fold's split (`split_ids`, DFEW ids), then --shard, then --limit; in
-    natural id order (the order of --ids when given)."""
+                 split_name: str = "the split", dataset: Dataset | None = None) -> list[tuple[str, Path]]:
+    """Filter by --ids (normalised as `dataset`'s ids, or DFEW's with `dfew_ids`), then by a fold's split
+    (`split_ids`, store ids), then --shard, then --limit; in natural id order (the order of --ids when given)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (got {limit})")
+    dataset = dataset or (open_dataset("dfew") if dfew_ids else None)
     if ids:
-        wanted = [str(normalise_clip_id(i, "--ids")) if dfew_ids else str(i) for i in ids]
+        wanted = [dataset.clip_id(i, "--ids") if dataset is not None else str(i) for i in ids]
         missing = [i for i in wanted if i not in clips]
         if missing:
             raise DatasetError(f"{len(missing)} requested clip ids have no video file "
                                f"(e.g. {', '.join(missing[:5])})")
         selected = list(dict.fromkeys(wanted))
     else:
-        selected = sorted(clips, key=lambda s: (0, int(s), "") if is_clip_number(s) else (1, 0, s))
+        selected = sorted(clips, key=natural_key)
     if split_ids is not None:
         selected = _in_split(clips, selected, split_ids, split_name, from_ids=bool(ids))
     if shard is not None:
@@ -115,9 +166,10 @@ def select_clips(clips: dict[str, Path], ids: Sequence[str] | None = None, shard
 
 def _in_split(clips: dict[str, Path], selected: list[str], split_ids: Sequence[str], split_name: str,
               from_ids: bool) -> list[str]:
-    """The `selected` clips whose DFEW number is in `split_ids` (video files named 42 or 00042 alike)."""
+    """The `selected` clips whose id is in `split_ids`; a folder's file stems count as clip numbers (video
+    files named 42 or 00042 alike)."""
     def number(clip_id: str) -> str | None:
-        return str(int(clip_id)) if is_clip_number(clip_id) else None
+        return str(int(clip_id)) if is_clip_number(clip_id) else clip_id
 
     wanted = {str(i) for i in split_ids}
     kept = [c for c in selected if number(c) in wanted]
@@ -158,6 +210,9 @@ def check_settings(store: FeatureStore, options: ExtractOptions, overwrite: bool
                 advice = (f"its clips come from extractor version {saved['extractor_version']} and this is version "
                           f"{EXTRACTOR_VERSION} (docs/reproducibility.md says what changed); re-extract all of them "
                           "with --overwrite, or into another --out")
+            elif "face_source" in diff:  # faces cut by two sources in one store would look like one
+                advice = (f"each face source needs its own store: use another --out for --face-source "
+                          f"{options.face_source} (or --overwrite to redo all clips)")
             elif "darken" in diff:  # darkening a store's clips again, or mixing two strengths in one store
                 advice = (f"each darkening strength needs its own store: use another --out for --darken "
                           f"{options.darken:g} (or --overwrite to redo all clips)")
@@ -213,7 +268,7 @@ def resolve_models(options: ExtractOptions, assets_dir: str | Path | None) -> di
     return {key: resolve_model(key, assets_dir) for key in options.model_keys()}
 
 
-def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOptions = ExtractOptions(),
+def run_extraction(clips: list[tuple[str, Path | ClipFiles]], out: Path, options: ExtractOptions = ExtractOptions(),
                    workers: int = 1, assets_dir: Path | None = None, overwrite: bool = False,
                    progress: bool = True, clip_timeout: float = DEFAULT_CLIP_TIMEOUT_S) -> RunSummary:
     """Extract `clips` into the store at `out`, resuming unless `overwrite`; returns a summary.
@@ -223,6 +278,10 @@ def run_extraction(clips: list[tuple[str, Path]], out: Path, options: ExtractOpt
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
+    listed_for = {path.source.name if isinstance(path, ClipFiles) else FACE_SOURCE_DETECT for _, path in clips}
+    if listed_for - {options.face_source}:
+        raise DatasetError(f"face source {options.face_source}: list the clips with list_clips(..., face_source_name="
+                           f"{options.face_source!r}) (video files for detect, ClipFiles for a face frame folder)")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

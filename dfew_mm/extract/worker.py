@@ -18,6 +18,7 @@ from dfew_mm.constants import WAVEFORM_ARRAY
 from dfew_mm.extract.audio import log_mel_fbank, waveform_int16
 from dfew_mm.extract.decode import DecodeError, FrameBuffer, decode_clip
 from dfew_mm.extract.face import FaceDetector, crop_faces, track_faces
+from dfew_mm.extract.face_frames import ClipFiles, extract_from_frames
 from dfew_mm.extract.images import downscale, to_mp_image, to_mp_images
 from dfew_mm.extract.native_logs import native_stderr_silenced, quiet_decoder_logs
 from dfew_mm.extract.options import ExtractOptions
@@ -78,8 +79,9 @@ class ClipExtractor:
             detector.detect(blank)
         self.pose.estimate([blank], np.zeros(1, np.float32))
 
-    def extract(self, clip_id: str, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-        """(manifest record, arrays); arrays is None for a failed clip. Never raises for bad input."""
+    def extract(self, clip_id: str, path: Path | ClipFiles) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+        """(manifest record, arrays) of a video file, or of a dataset's face frames (`ClipFiles`); arrays is
+        None for a failed clip. Never raises for bad input."""
         start = time.perf_counter()
         record: dict[str, Any] = {"clip_id": clip_id, "status": "failed", "error": ""}
         try:
@@ -96,10 +98,13 @@ class ClipExtractor:
         record["extract_s"] = round(time.perf_counter() - start, 3)
         return record, arrays
 
-    def _extract(self, path: Path, clip_id: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
+    def _extract(self, path: Path | ClipFiles, clip_id: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any],
+                                                                          list[str]]:
         opts = self.options
         watch = Stopwatch()
         self.stage_s = watch.seconds
+        if isinstance(path, ClipFiles):  # faces from a dataset's face frames, pose and audio from its original
+            return extract_from_frames(self, path, clip_id, watch)
         with native_stderr_silenced():  # decord logs damaged files itself; the record keeps the reason
             clip = decode_clip(path, opts.frames, self.frame_buffer)
         watch.lap("decode")
@@ -149,7 +154,7 @@ class ClipExtractor:
             "has_audio": bool(clip.has_audio and audio.shape[0] > 0),
             "audio_rms_db": _round(rms_db(clip.audio)),
             "luma_mean": _round(float(luma.mean())),
-            "face_luma_mean": _round(masked_mean_luma(faces, track.mask)),
+            "face_luma_mean": _round(masked_mean_luma(faces, track.mask)), "has_original": True,
         }
         watch.lap("quality")
         return arrays, stats, notes

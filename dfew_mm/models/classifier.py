@@ -1,4 +1,4 @@
-"""EmotionModel: the encoders of the chosen modalities, temporal fusion and a 7-class head."""
+"""EmotionModel: the encoders of the chosen modalities, temporal fusion and a head over the dataset's classes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dfew_mm.batch import Batch
+from dfew_mm.datasets import default_classes
 from dfew_mm.errors import ConfigError
 from dfew_mm.models.encoders import ENCODERS, resolve_modalities
 from dfew_mm.models.fusion import (FUSION_MODES, MEMBER_WEIGHTS, TemporalFusion, UnimodalHead, build_head,
@@ -20,13 +21,13 @@ FUSION_MEMBER = "fusion"  # the temporal transformer's head, beside one unimodal
 class Outputs(NamedTuple):
     """What training and member weighting need beyond the prediction: every member's own logits."""
 
-    logits: torch.Tensor  # (B, 7) the prediction, as `model(batch)` returns it
-    members: dict[str, torch.Tensor]  # "fusion" and/or modality names -> (B, 7) logits of that head
+    logits: torch.Tensor  # (B, C) the prediction, as `model(batch)` returns it
+    members: dict[str, torch.Tensor]  # "fusion" and/or modality names -> (B, C) logits of that head
     present: dict[str, torch.Tensor]  # same keys -> (B,) bool: the member has input for the clip
 
 
 class EmotionModel(nn.Module):
-    """`model(batch, modalities=None) -> (B, 7)` logits; `model(batch, return_unimodal=True) -> Outputs`.
+    """`model(batch, modalities=None) -> (B, C)` logits; `model(batch, return_unimodal=True) -> Outputs`.
 
     `modalities` may be any subset of the trained ones; the others are masked out. In training,
     `modality_dropout` masks each modality of each clip with that probability (never all of a
@@ -45,9 +46,14 @@ class EmotionModel(nn.Module):
     training clips is confidently wrong on new ones, and its logits would swamp an average.
     """
 
-    def __init__(self, cfg):  # the `model` config section (dfew_mm.config.ModelConfig)
+    def __init__(self, cfg, classes: Sequence[str] | None = None):  # the `model` config section (ModelConfig)
         super().__init__()
         self.cfg = cfg
+        # the dataset's class names in label order (default: the default dataset's): the heads' outputs
+        self.classes = tuple(classes) if classes is not None else default_classes()
+        self.num_classes = len(self.classes)
+        if self.num_classes < 2:
+            raise ConfigError(f"a classifier needs at least two classes, got {list(self.classes)}")
         self.mode = cfg.fusion.mode
         if self.mode not in FUSION_MODES:
             raise ConfigError(f"model.fusion.mode={self.mode!r} is not one of {', '.join(FUSION_MODES)}")
@@ -60,9 +66,10 @@ class EmotionModel(nn.Module):
                                       for m in self.modalities})
         if self.mode != "late":
             self.fusion = TemporalFusion(cfg.fusion, len(self.modalities))
-            self.head = build_head(cfg.fusion)
+            self.head = build_head(cfg.fusion, self.num_classes)
         if self.mode != "transformer" or len(self.modalities) > 1:
-            self.unimodal_heads = nn.ModuleDict({m: UnimodalHead(cfg.fusion.dim) for m in self.modalities})
+            self.unimodal_heads = nn.ModuleDict({m: UnimodalHead(cfg.fusion.dim, self.num_classes)
+                                                 for m in self.modalities})
         # the members whose predictions are mixed, in a fixed order (the order of `member_weights`)
         self.mixed = ([FUSION_MEMBER] if self.mode == "both" else []) + (
             self.modalities if self.mode != "transformer" else [])
@@ -100,7 +107,7 @@ class EmotionModel(nn.Module):
             if self.has_unimodal_heads:
                 # the unimodal head sees every valid token of its modality, dropped for fusion or not,
                 # so that its own loss trains the encoder on every clip
-                members[name] = self.unimodal_heads[name](x, mask)  # (B, 7)
+                members[name] = self.unimodal_heads[name](x, mask)  # (B, C)
                 present[name] = mask.any(1)  # (B,)
             tokens.append(x)
             masks.append(mask & keep[:, i:i + 1] if keep is not None else mask)
@@ -108,7 +115,7 @@ class EmotionModel(nn.Module):
             ids.append(i)
         if self.mode != "late":
             feature = self.fusion(tokens, masks, times, ids)
-            members[FUSION_MEMBER] = self.head(feature, batch["label"] if self.training else None)  # (B, 7)
+            members[FUSION_MEMBER] = self.head(feature, batch["label"] if self.training else None)  # (B, C)
             present[FUSION_MEMBER] = torch.ones(b, dtype=torch.bool, device=device)
         if self.mixed:
             kept = {m: p & keep[:, self.modalities.index(m)] if keep is not None and m in self.modalities else p
@@ -119,7 +126,7 @@ class EmotionModel(nn.Module):
         return Outputs(logits, members, present) if return_unimodal else logits
 
     def mix(self, members: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 7) log of the weighted mean of the mixed members' probabilities over those present."""
+        """(B, C) log of the weighted mean of the mixed members' probabilities over those present."""
         names = [m for m in self.mixed if m in members]
         weights = self.member_weights[[self.mixed.index(m) for m in names]]  # (J,)
         return mix_probabilities([members[m] for m in names], [present[m] for m in names], weights)
@@ -134,12 +141,13 @@ class EmotionModel(nn.Module):
                 for p in self.encoders[m].parameters() if p.requires_grad]
 
 
-def build_model(cfg) -> EmotionModel:
-    """Build with random weights from the `model` config section; no download happens here (see
-    load_pretrained). Each encoder's settings are checked first (ConfigError listing the choices)."""
+def build_model(cfg, classes: Sequence[str] | None = None) -> EmotionModel:
+    """Build with random weights from the `model` config section, with heads over `classes` (the dataset's
+    class names; default: the default dataset's); no download happens here (see load_pretrained). Each
+    encoder's settings are checked first (ConfigError listing the choices)."""
     for name in resolve_modalities(list(cfg.modalities)):
         ENCODERS[name].check_config(getattr(cfg, name))
-    return EmotionModel(cfg)
+    return EmotionModel(cfg, classes)
 
 
 def load_pretrained(model: EmotionModel, cfg=None) -> EmotionModel:

@@ -1,4 +1,5 @@
-"""Temporal transformer fusion over the tokens of the active modalities, and the classifier heads."""
+"""Temporal transformer fusion over the tokens of the active modalities, and the classifier heads
+(C outputs, C = the number of classes of the dataset the model is built for)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dfew_mm.constants import NUM_CLASSES
 
 
 @dataclass
@@ -48,9 +47,9 @@ def time_embedding(seconds: torch.Tensor, dim: int) -> torch.Tensor:
 class ArcFaceHead(nn.Module):
     """Additive angular margin: logits s*cos(theta), with cos(theta + m) for the true class in training."""
 
-    def __init__(self, dim: int, margin: float, scale: float):
+    def __init__(self, dim: int, n_classes: int, margin: float, scale: float):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(NUM_CLASSES, dim))
+        self.weight = nn.Parameter(torch.empty(n_classes, dim))
         nn.init.xavier_uniform_(self.weight)
         self.margin, self.scale = margin, scale
 
@@ -59,14 +58,14 @@ class ArcFaceHead(nn.Module):
         if labels is None:
             return self.scale * cosine
         theta = torch.acos(cosine.clamp(-1 + 1e-6, 1 - 1e-6))
-        target = F.one_hot(labels, NUM_CLASSES).bool()
+        target = F.one_hot(labels, self.weight.shape[0]).bool()
         return self.scale * torch.where(target, torch.cos(theta + self.margin), cosine)
 
 
 class LinearHead(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, n_classes: int):
         super().__init__()
-        self.fc = nn.Linear(dim, NUM_CLASSES)
+        self.fc = nn.Linear(dim, n_classes)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.fc(x)
@@ -104,16 +103,16 @@ class TemporalFusion(nn.Module):
 
 
 class UnimodalHead(nn.Module):
-    """One modality's own classifier: its valid tokens (B, T, dim) averaged over time -> (B, 7) logits.
+    """One modality's own classifier: its valid tokens (B, T, dim) averaged over time -> (B, C) logits.
 
     A clip without any valid token of the modality pools to zeros and gets the bias alone; the
     caller knows it is absent (`mask.any(1)`) and leaves it out of losses and late fusion.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, n_classes: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, NUM_CLASSES)
+        self.fc = nn.Linear(dim, n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weights = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
@@ -122,8 +121,8 @@ class UnimodalHead(nn.Module):
 
 
 def mix_probabilities(logits: list[torch.Tensor], present: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """Per clip, log sum_j w_j p_j / sum_j w_j over the members j present: J x (B, 7) logits, J x (B,)
-    bool, (J,) weights -> (B, 7) logits.
+    """Per clip, log sum_j w_j p_j / sum_j w_j over the members j present: J x (B, C) logits, J x (B,)
+    bool, (J,) weights -> (B, C) logits.
 
     A clip where no member with a positive weight has input (say, no body found in a model whose
     only informative head is the pose head) takes the weighted members anyway, which then predict
@@ -131,7 +130,7 @@ def mix_probabilities(logits: list[torch.Tensor], present: list[torch.Tensor], w
     weight never decide. Only when every weight is zero (before the first validation) do the
     present members count alike.
     """
-    probs = torch.stack(logits).float().softmax(-1)  # (J, B, 7)
+    probs = torch.stack(logits).float().softmax(-1)  # (J, B, C)
     there = torch.stack(present).float()  # (J, B)
     weights = weights.float().unsqueeze(1)  # (J, 1)
     w = weights * there  # (J, B)
@@ -139,11 +138,11 @@ def mix_probabilities(logits: list[torch.Tensor], present: list[torch.Tensor], w
     fallback = torch.where((weights > 0).any(), weights.expand_as(w), there)
     w = torch.where(w.sum(0, keepdim=True) > 0, w, fallback)
     w = torch.where(w.sum(0, keepdim=True) > 0, w, torch.ones_like(w))  # nothing present, no weights: all alike
-    mixed = (w.unsqueeze(-1) * probs).sum(0) / w.sum(0).unsqueeze(-1)  # (B, 7)
+    mixed = (w.unsqueeze(-1) * probs).sum(0) / w.sum(0).unsqueeze(-1)  # (B, C)
     return mixed.clamp_min(1e-12).log()
 
 
-def build_head(cfg: FusionConfig) -> nn.Module:
+def build_head(cfg: FusionConfig, n_classes: int) -> nn.Module:
     if cfg.head == "arcface":
-        return ArcFaceHead(cfg.dim, cfg.arcface_margin, cfg.arcface_scale)
-    return LinearHead(cfg.dim)
+        return ArcFaceHead(cfg.dim, n_classes, cfg.arcface_margin, cfg.arcface_scale)
+    return LinearHead(cfg.dim, n_classes)
