@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from dfew_mm.balance import Balancer, fit_member_weights
-from dfew_mm.batch import batch_to, collate
+from dfew_mm.batch import batch_to, collate, mix, mixup_draw
 from dfew_mm.checkpoint import (load_weights, model_config_diff, read_checkpoint, remove_stale_checkpoint_temps,
                                 rng_state, save_checkpoint, set_rng_state)
 from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
@@ -47,6 +47,7 @@ from dfew_mm.predictions import modality_label, prediction_frame
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
+MIXUP_STREAM = 2  # the mixup generator's stream beside the samples' (dfew_mm.data.dataset)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -248,11 +249,17 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
                    leave=False)
         for i, batch in enumerate(bar):
             batch = batch_to(batch, d.device)
+            mixed = None
+            if cfg.train.mixup > 0:  # partners and lam from (seed, rank, epoch, step): exact on resume
+                order, lam = mixup_draw(cfg.train.mixup, [cfg.train.seed, d.rank, epoch, i, MIXUP_STREAM],
+                                        len(batch["label"]))
+                order = order.to(d.device)
+                batch, mixed = mix(batch, order, lam), (batch["label"][order], lam)
             boundary = (i + 1) % cfg.train.grad_accum == 0 or i + 1 == len(train_loader)
             sync = net.no_sync() if d.world > 1 and not boundary else nullcontext()
             with sync, autocast(d.device, cfg.train.amp):
                 out = step_fn(batch, return_unimodal=True) if balance.wants_unimodal else step_fn(batch)
-                loss = balance.loss(out, batch["label"])
+                loss = balance.loss(out, batch["label"], mixed)
             # NaN guard: every rank must agree to skip, or DDP's gradient all-reduce would hang
             finite = torch.isfinite(loss.detach()).float()
             if d.world > 1:
