@@ -4,7 +4,8 @@ Small data trained from scratch favours a convolutional network over a transform
 time-frequency filters and BatchNorm need no pretraining to learn voice quality, pitch and
 energy contours from a few hundred utterances. `model.audio.num_layers` blocks of 3x3
 convolution, BatchNorm, ReLU and 2x2 max pooling halve time and frequency; the channels double
-per block up to `model.audio.hidden_size` in the last one. Each remaining time step keeps its
+per block up to `model.audio.hidden_size` in the last one. The first block is the stem, the
+others are the `blocks()` that `freeze: last_blocks` counts. Each remaining time step keeps its
 frequency layout (flattened, then projected to hidden_size), so where in the spectrum energy
 sits (pitch, formants) still reaches the tokens. The window is `model.audio.max_length` frames
 (padded or cropped, as for AST); the steps are pooled into the encoder's time tokens over the
@@ -49,12 +50,13 @@ class FbankCNNBackbone(SpeechBackbone):
     def __init__(self, cfg):
         super().__init__(cfg.arch, cfg.max_length / AUDIO_FRAMES_PER_SECOND)
         self.max_length = cfg.max_length
+        if not 2 <= cfg.num_layers < N_MELS.bit_length():
+            raise ConfigError(f"{KEY}.num_layers={cfg.num_layers}: fbank_cnn has a stem and at least one block, and "
+                              f"halves the {N_MELS} bins in each, so 2..{N_MELS.bit_length() - 1} fit")
         widths = channels(cfg.hidden_size, cfg.num_layers)
-        self.layers = nn.ModuleList(ConvBlock(c_in, c_out) for c_in, c_out in zip([1, *widths[:-1]], widths))
+        self.stem = ConvBlock(1, widths[0])
+        self.layers = nn.ModuleList(ConvBlock(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.n_freq = N_MELS >> cfg.num_layers  # bins left after the poolings
-        if self.n_freq < 1:
-            raise ConfigError(f"{KEY}.num_layers={cfg.num_layers}: fbank_cnn halves the {N_MELS} bins per block, "
-                             f"so at most {N_MELS.bit_length() - 1} blocks fit")
         self.project = nn.Sequential(nn.Linear(widths[-1] * self.n_freq, cfg.hidden_size), nn.ReLU(inplace=True))
         self.output_dim = cfg.hidden_size
         self.spec = self.spec_for(cfg)
@@ -83,7 +85,7 @@ class FbankCNNBackbone(SpeechBackbone):
         if f < self.max_length:
             x, valid = F.pad(x, (0, 0, 0, self.max_length - f)), F.pad(valid, (0, self.max_length - f))
         x, valid = x[:, :self.max_length], valid[:, :self.max_length]
-        x = x.unsqueeze(1)  # (B, 1, F, 128): time is the image height, mel bins its width
+        x = self.stem(x.unsqueeze(1))  # (B, 1, F, 128) -> (B, C, F / 2, 64): time is the height, mel bins the width
         for block in self.layers:
             x = block(x)  # (B, C, F / 2^k, 128 / 2^k)
         b, c, t = x.shape[:3]
