@@ -44,10 +44,11 @@ ADD_WAVEFORM = "python preprocess/extract.py --add-waveform --dfew-root ROOT --o
 
 @dataclass
 class AudioEncoderConfig(BackboneConfig):
-    # ast (filterbank) | hf/<Hugging Face repo id or local folder> of a WavLM, HuBERT, wav2vec 2.0 or Whisper
-    # model (16 kHz waveform); `checkpoint` "" = the arch's own weights (ast: AudioSet AST)
+    # ast | fbank_cnn (filterbank) | hf/<Hugging Face repo id or local folder> of a WavLM, HuBERT, wav2vec 2.0
+    # or Whisper model (16 kHz waveform); `checkpoint` "" = the arch's own weights (ast: AudioSet AST)
     arch: str = "ast"
-    # AST architecture (arch=ast); the AudioSet checkpoint is 768 / 12 / 12 / 3072.
+    # AST architecture (arch=ast); the AudioSet checkpoint is 768 / 12 / 12 / 3072. fbank_cnn: hidden_size is
+    # its width (the last block's channels and the token size), num_layers its convolution blocks.
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
@@ -154,7 +155,7 @@ class AudioEncoder(Encoder):
                                     ("normalise", cfg.normalise, NORMALISATIONS)):
             if value not in allowed:
                 raise ConfigError(f"model.audio.{key}={value!r} is not one of {', '.join(allowed)}")
-        if not cfg.pretrained and cfg.hidden_size % cfg.num_heads:
+        if cfg.arch == "ast" and not cfg.pretrained and cfg.hidden_size % cfg.num_heads:
             raise ConfigError(f"model.audio.hidden_size={cfg.hidden_size} must be divisible by "
                               f"model.audio.num_heads={cfg.num_heads}")
         if data is not None and data.audio_frames > cfg.max_length:
