@@ -189,6 +189,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     else:
         cache.check(cfg)
         cache.verify([*splits.train.ids, *splits.val.ids, *splits.test.ids])
+        if cfg.data.augment:  # cached tokens are fixed; flipping only the modalities read would break the pairing
+            log.info("no augmentation from an embedding cache: training reads fixed tokens")
     train_set, train_loader, val_loader, test_loader = make_loaders(cfg, store, splits, d, cache)
     log.info("fold %d: %d train, %d val, %d test clips; modalities %s; device %s x%d", cfg.data.fold,
              len(splits.train.ids), len(splits.val.ids), len(splits.test.ids), ",".join(cfg.model.modalities),
