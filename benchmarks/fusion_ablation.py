@@ -18,6 +18,12 @@ with the checkpoint selected on validation (`best.pt`), mean ± sd over the seed
 the last checkpoint, and the best single modality's UAR (per seed, the best of the three references;
 mean ± sd), and the difference fused - best single with its worst seed. The criteria: on each
 single-cue set fused >= best single - 5 points; on the all-cue set fused > every single modality.
+
+Memorisation (`--gap-sets`, default face): for the fused runs on those sets, the face branch alone
+(`dfew_mm evaluate --modalities video` on last.pt) is scored on its own training clips and on the
+validation clips; the table's `face_gap` is train minus validation accuracy (points), mean ± sd, and
+`face_gaps` lists it per seed (`face_gap_test`: train minus test accuracy). `--report` builds the table from the finished runs only (several
+invocations with different --sets/--recipes share one --out).
 """
 
 from __future__ import annotations
@@ -63,6 +69,26 @@ RECIPES: dict[str, list[str]] = {
     "both_val": _with("model.fusion.mode=both", "train.aux_weight=1", "train.modality_dropout=0.2"),
     "default": [],
 }
+# Training-time augmentation (docs/augmentation.md), on top of the default fusion recipe. A family "alone"
+# keeps the horizontal flip, which every modality of a clip shares.
+NO_AUG = ["data.augment=false", "train.mixup=0"]
+AUG = ["data.augment=true", "train.mixup=0"]
+FACE_AUG_OFF = ["model.video.aug.crop=1", "model.video.aug.rotate=0", "model.video.aug.brightness=0",
+                "model.video.aug.contrast=0", "model.video.aug.saturation=0"]
+POSE_AUG_OFF = ["model.pose.aug.jitter=0", "model.blendshapes.aug.jitter=0"]
+AUDIO_AUG_OFF = ["model.audio.time_masks=0", "model.audio.freq_masks=0", "model.audio.gain_db=0"]
+MIXUP = "train.mixup=0.2"
+RECIPES.update({
+    "noaug": NO_AUG,
+    "aug": AUG,  # every family (faces, pose, blendshapes, audio and the flip), no mixup
+    "aug_faces": AUG + POSE_AUG_OFF + AUDIO_AUG_OFF,
+    "aug_pose": AUG + FACE_AUG_OFF + AUDIO_AUG_OFF,
+    "aug_audio": AUG + FACE_AUG_OFF + POSE_AUG_OFF + ["data.hflip=0"],
+    "mixup": NO_AUG[:1] + [MIXUP],
+    "aug+mixup": AUG[:1] + [MIXUP],
+    "aug+lowlight": AUG + ["model.video.aug.lowlight=0.3"],
+    "both+aug": AUG + ["model.fusion.mode=both"],  # the transformer's head mixed with the unimodal heads
+})
 
 
 # The tiny config at 20 epochs, cut to 2 face/pose frames per clip (the synthetic cues hold still
@@ -107,6 +133,8 @@ def train_job(job: tuple) -> tuple[Path, float]:
     """Train one run in its own process (one torch thread); skip it when it finished before."""
     out_dir, store, splits, modalities, seed, overrides, extra = job
     if (out_dir / "test_metrics.json").is_file():
+        if extra.get("gap"):
+            face_gap(out_dir, store)
         return out_dir, 0.0
     if out_dir.exists():  # an interrupted run: start it again
         subprocess.run(["rm", "-rf", str(out_dir)], check=True)
@@ -120,7 +148,30 @@ def train_job(job: tuple) -> tuple[Path, float]:
         code = subprocess.run(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise RuntimeError(f"training failed ({code}): {' '.join(cmd)}; see {out_dir.parent / out_dir.name}.log")
-    return out_dir, time.perf_counter() - tic
+    seconds = time.perf_counter() - tic
+    if extra.get("gap"):
+        face_gap(out_dir, store)
+    return out_dir, seconds
+
+
+def face_gap(out_dir: Path, store: Path) -> dict:
+    """The face branch's accuracy (%) on the run's training and validation clips, last checkpoint; cached."""
+    cached = out_dir / "face_gap.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    acc = {}
+    for split in ("train", "val", "test"):
+        out = out_dir / f"face_{split}.csv"
+        subprocess.run([sys.executable, "-m", "dfew_mm.cli", "evaluate", "--checkpoint", str(out_dir / "last.pt"),
+                        "--store", str(store), "--split", split, "--modalities", "video", "--device", "cpu",
+                        "--out", str(out)], env=env, check=True, capture_output=True)
+        metrics = json.loads(out.with_name(out.stem + ".metrics.json").read_text())
+        acc[f"face_{split}"] = 100 * metrics["passes"][0]["war"]
+    acc["face_gap"] = acc["face_train"] - acc["face_val"]
+    acc["face_gap_test"] = acc["face_train"] - acc["face_test"]  # on the 105 test clips: less noisy
+    cached.write_text(json.dumps(acc))
+    return acc
 
 
 def test_uar(path: Path) -> dict:
@@ -143,19 +194,26 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     fused = results[results["recipe"] != "single"]
     for (recipe, name), group in fused.groupby(["recipe", "set"], sort=False):
+        row = {"recipe": recipe, "set": name, "seeds": len(group),
+               "fused_best": mean_sd(group["best"]), "fused_last": mean_sd(group["last"])}
         merged = group.merge(best_single.reset_index(), on=["set", "seed"])
-        margin = merged["best"] - merged["single"]
-        others = per_single.loc[name] if name in per_single.index.get_level_values(0) else None
-        row = {"recipe": recipe, "set": name, "seeds": len(merged),
-               "fused_best": mean_sd(merged["best"]), "fused_last": mean_sd(merged["last"]),
-               "best_single": mean_sd(merged["single"]), "diff": mean_sd(margin),
-               "worst_seed_diff": round(float(margin.min()), 1)}
-        if others is not None:
-            for m in SINGLES:
-                if m in others:
-                    row[m] = mean_sd(others[m])
-        target = (margin.mean() > 0) if name == "all" else (margin.mean() >= -5)
-        row["meets"] = "yes" if target else "no"
+        if len(merged):  # the single-modality references ran
+            margin = merged["best"] - merged["single"]
+            row.update(best_single=mean_sd(merged["single"]), diff=mean_sd(margin),
+                       worst_seed_diff=round(float(margin.min()), 1))
+            others = per_single.loc[name] if name in per_single.index.get_level_values(0) else None
+            if others is not None:
+                for m in SINGLES:
+                    if m in others:
+                        row[m] = mean_sd(others[m])
+            target = (margin.mean() > 0) if name == "all" else (margin.mean() >= -5)
+            row["meets"] = "yes" if target else "no"
+        if "face_gap" in group and group["face_gap"].notna().any():
+            ordered = group.sort_values("seed")
+            row["face_gap"] = mean_sd(ordered["face_gap"].dropna())
+            row["face_gaps"] = " ".join(f"{g:.1f}" for g in ordered["face_gap"])
+            row["face_gap_test"] = mean_sd(ordered["face_gap_test"].dropna())
+            row["face_gaps_test"] = " ".join(f"{g:.1f}" for g in ordered["face_gap_test"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -178,12 +236,21 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2, help="training processes at a time (one thread each)")
     p.add_argument("--no-singles", action="store_true", help="skip the single-modality references")
     p.add_argument("--prepare", action="store_true", help="only build the sets and stores")
+    p.add_argument("--gap-sets", default="face",
+                   help="sets whose fused runs get the face branch's train - validation accuracy gap ('' = none)")
+    p.add_argument("--report", action="store_true", help="only tabulate the runs that finished before")
+    p.add_argument("--grid", default="", help="set:recipe pairs (e.g. face:noaug,pose:aug_pose) instead of every "
+                                              "recipe on every set; the runs go in this order, seed by seed")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run (after the recipe)")
     args = p.parse_args()
 
     tic = time.perf_counter()
     names = [n.strip() for n in args.sets.split(",") if n.strip()]
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    pairs = [tuple(item.strip().split(":")) for item in args.grid.split(",") if item.strip()]
+    if pairs:
+        names = list(dict.fromkeys(n for n, _ in pairs))
+        recipes = list(dict.fromkeys(r for _, r in pairs))
     unknown = [r for r in recipes if r not in RECIPES] + [n for n in names if n not in SETS]
     if unknown:
         sys.exit(f"unknown recipe or set {unknown}: recipes {', '.join(RECIPES)}; sets {', '.join(SETS)}")
@@ -192,26 +259,32 @@ def main() -> None:
     if args.prepare:
         log(f"sets ready in {args.data} ({time.perf_counter() - tic:.0f} s)")
         return
-    extra = {"face_size": args.face_size}
+    gap_sets = {n.strip() for n in args.gap_sets.split(",") if n.strip()}
+    combos = pairs or [(name, recipe) for name in names for recipe in recipes]
     jobs, keys = [], []
     for seed in seeds:
-        for name in names:
+        for name, recipe in combos:
             store, splits = data[name]
-            for recipe in recipes:
-                jobs.append((run_dir(args.out, name, recipe, FUSED, seed), store, splits, FUSED, seed,
-                             RECIPES[recipe] + list(args.overrides), extra))
-                keys.append((name, recipe, FUSED, seed))
-            if not args.no_singles:
-                for m in SINGLES:
-                    jobs.append((run_dir(args.out, name, "single", m, seed), store, splits, m, seed,
-                                 list(args.overrides), extra))
-                    keys.append((name, "single", m, seed))
+            extra = {"face_size": args.face_size, "gap": name in gap_sets}
+            jobs.append((run_dir(args.out, name, recipe, FUSED, seed), store, splits, FUSED, seed,
+                         RECIPES[recipe] + list(args.overrides), extra))
+            keys.append((name, recipe, FUSED, seed))
+        for name in names if not args.no_singles else []:
+            store, splits = data[name]
+            for m in SINGLES:
+                jobs.append((run_dir(args.out, name, "single", m, seed), store, splits, m, seed,
+                             list(args.overrides), {"face_size": args.face_size}))
+                keys.append((name, "single", m, seed))
+    if args.report:
+        kept = [i for i, job in enumerate(jobs) if (job[0] / "test_metrics.json").is_file()]
+        jobs, keys = [jobs[i] for i in kept], [keys[i] for i in kept]
     log(f"{len(jobs)} runs, {args.parallel} at a time")
     rows = []
     with ThreadPoolExecutor(args.parallel) as pool:
         for (name, recipe, mods, seed), (path, seconds) in zip(keys, pool.map(train_job, jobs)):
+            gap = json.loads((path / "face_gap.json").read_text()) if (path / "face_gap.json").is_file() else {}
             rows.append({"set": name, "recipe": recipe, "modalities": mods, "seed": seed, **test_uar(path),
-                         "train_s": round(seconds, 1)})
+                         **gap, "train_s": round(seconds, 1)})
             log(f"{name:5s} {recipe:12s} {mods:16s} seed {seed}: best {rows[-1]['best']:.1f} "
                 f"last {rows[-1]['last']:.1f} ({seconds:.0f} s)")
     results = pd.DataFrame(rows)

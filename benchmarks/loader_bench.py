@@ -3,10 +3,12 @@
     python benchmarks/loader_bench.py                       # a random store of default-config shapes
     python benchmarks/loader_bench.py --config strong         # 224 px faces, waveform, blendshapes
     python benchmarks/loader_bench.py --store FEATURES --workers 8
+    python benchmarks/loader_bench.py data.augment=false     # training samples without augmentation
 
 Both paths read the same clip files after a warm-up pass (page cache hot for both). The floor
 opens every npz and reads all of its arrays in one process; the loader builds training samples
-(frame resampling, audio crop, masks) and collated batches with `--workers` processes.
+(frame resampling, audio crop, masks, and the augmentation of each modality when `data.augment` is on)
+and collated batches with `--workers` processes.
 Prints clips/s for each and, last, the ratio loader / floor (target >= 0.8).
 """
 
@@ -83,12 +85,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
     p.add_argument("--stored-frames", type=int, default=16, help="frames per clip in the random store")
     p.add_argument("--repeats", type=int, default=3, help="best of N passes for each path")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.augment=false")
     args = p.parse_args()
 
     # One intra-op thread, as inside DataLoader workers: the floor is single-threaded too, and
     # torch's parallel copies only add synchronisation cost on small per-batch tensors.
     torch.set_num_threads(1)
-    cfg = load_config(args.config, ["data.num_workers=0"])
+    cfg = load_config(args.config, ["data.num_workers=0", *args.overrides])
     with tempfile.TemporaryDirectory() as tmp:
         if args.store:
             store = FeatureStore(args.store)
@@ -103,7 +106,8 @@ def main() -> None:
         single = loader_clips_per_s(store, ids, cfg, 0, args.repeats)
         loader = loader_clips_per_s(store, ids, cfg, args.workers, args.repeats)
     print(f"{len(ids)} clips, {size_mb / len(ids):.2f} MB/clip, config {args.config}: {cfg.data.frames} frames, "
-          f"{cfg.data.face_size} px, {cfg.data.audio_frames} audio frames, batch {cfg.train.batch_size}")
+          f"{cfg.data.face_size} px, {cfg.data.audio_frames} audio frames, batch {cfg.train.batch_size}, "
+          f"augmentation {'on' if cfg.data.augment else 'off'}")
     print(f"floor  np.load of all arrays, 1 process : {floor:8.1f} clips/s")
     print(f"loader DataLoader, 0 workers           : {single:8.1f} clips/s")
     print(f"loader DataLoader, {args.workers} workers           : {loader:8.1f} clips/s")

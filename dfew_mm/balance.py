@@ -86,26 +86,33 @@ class Balancer:
         self._scores = torch.zeros(2, len(self.modalities))  # (sum of true-class probability, clips) per modality
         self._coefficient_sums, self._steps = torch.zeros(len(self.modalities)), 0
 
-    def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels, weight=self.weights, label_smoothing=self.cfg.label_smoothing)
+    def loss(self, out: Outputs | torch.Tensor, labels: torch.Tensor,
+             mixed: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+        """The run's loss (see the class docstring); records the OGM scores. With mixup, `mixed` is (the
+        partners' labels, lam): every cross-entropy is lam x on `labels` + (1 - lam) x on the partners'."""
+        targets = [(labels, 1.0)] if mixed is None else [(labels, mixed[1]), (mixed[0], 1.0 - mixed[1])]
+        smoothing = self.cfg.label_smoothing
 
-    def loss(self, out: Outputs | torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The run's loss (see the class docstring); records the OGM scores."""
+        def ce(logits: torch.Tensor) -> torch.Tensor:
+            return sum(w * F.cross_entropy(logits.float(), y, weight=self.weights, label_smoothing=smoothing)
+                       for y, w in targets)
+
         if not isinstance(out, Outputs):
-            return self._ce(out, labels)
+            return ce(out)
         unimodal = [m for m in self.modalities if m in out.members]
-        aux = [masked_cross_entropy(out.members[m], labels, out.present[m], self.weights, self.cfg.label_smoothing)
-               for m in unimodal]
+        aux = [sum(w * masked_cross_entropy(out.members[m], y, out.present[m], self.weights, smoothing)
+                   for y, w in targets) for m in unimodal]
         if FUSION_MEMBER not in out.members:
             loss = torch.stack(aux).mean()
         else:
-            loss = self._ce(out.members[FUSION_MEMBER], labels)
+            loss = ce(out.members[FUSION_MEMBER])
             if aux and self.cfg.aux_weight > 0:
                 loss = loss + self.cfg.aux_weight * torch.stack(aux).mean()
         if self.modulate:
             with torch.no_grad():
                 for i, m in enumerate(self.modalities):
-                    p_true = out.members[m].float().softmax(-1).gather(1, labels[:, None]).squeeze(1)  # (B,)
+                    probs = out.members[m].float().softmax(-1)  # (B, 7)
+                    p_true = sum(w * probs.gather(1, y[:, None]).squeeze(1) for y, w in targets)  # (B,)
                     keep = out.present[m].float()
                     self._scores[0, i] += (p_true * keep).sum().cpu()
                     self._scores[1, i] += keep.sum().cpu()

@@ -5,15 +5,19 @@ every registered modality adds its own, each with a validity mask, so absent mod
 padding are explicit: the encoder class of each modality (dfew_mm.models.encoders) lists them with
 their shapes (e.g. video (T, 3, S, S) uint8 + video_mask (T,)). Training from an embedding cache
 adds `<modality>_emb` (L, D) float32, `<modality>_emb_mask` (L,) bool and `<modality>_emb_time` (L,)
-seconds for each cached modality. T frames, B clips.
+seconds for each cached modality. T frames, B clips. Every input key `k` with a mask has it under
+`k + "_mask"` (MASK_SUFFIX), which is what `mix` relies on.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypedDict
 
+import numpy as np
 import torch
 from torch.utils.data import get_worker_info
+
+MASK_SUFFIX = "_mask"
 
 
 class Sample(TypedDict, total=False):
@@ -68,3 +72,26 @@ def batch_to(batch: Batch, device: torch.device) -> Batch:
     """Move the tensors of a batch to a device (non-blocking from pinned memory)."""
     return Batch(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                     for k, v in batch.items()})  # type: ignore[typeddict-item]
+
+
+def mix(batch: Batch, order: torch.Tensor, lam: float) -> Batch:
+    """Mixup across clips: clip i becomes lam x clip i + (1 - lam) x clip order[i], with the same `lam` for
+    every modality. Each input with a mask is mixed (integer inputs such as uint8 faces rounded back to
+    their dtype) and valid where both clips were; the rest (labels, ids, times) stays clip i's: the loss
+    mixes the labels (dfew_mm.balance.Balancer.loss)."""
+    out = dict(batch)
+    for key, value in batch.items():
+        mask = batch.get(key + MASK_SUFFIX)  # type: ignore[misc]
+        if not isinstance(value, torch.Tensor) or not isinstance(mask, torch.Tensor):
+            continue
+        mixed = torch.lerp(value[order].float(), value.float(), lam)  # lam * a + (1 - lam) * b, (B, ...)
+        out[key] = mixed if value.is_floating_point() else mixed.round_().to(value.dtype)
+        out[key + MASK_SUFFIX] = mask & mask[order]
+    return Batch(**out)  # type: ignore[typeddict-item]
+
+
+def mixup_draw(alpha: float, key: list[int], size: int) -> tuple[torch.Tensor, float]:
+    """A batch's mixup partners (a permutation of `size` clips) and coefficient lam ~ Beta(alpha, alpha),
+    drawn from a generator seeded by `key` (e.g. seed, rank, epoch, step: resumed runs draw the same)."""
+    rng = np.random.default_rng(key)
+    return torch.from_numpy(rng.permutation(size)), float(rng.beta(alpha, alpha))

@@ -89,6 +89,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_balance: str = "weighted_loss"  # none | weighted_loss | sampler
     modality_dropout: float = 0.2  # per-sample chance of dropping each active modality
+    # mixup across the clips of a batch: lam ~ Beta(mixup, mixup), one lam for all modalities and clips of a
+    # batch (dfew_mm.batch.mix); 0 = off
+    mixup: float = 0.0
     # Balanced multimodal training (see dfew_mm/balance.py and the README's ablation table):
     aux_weight: float = 1.0  # weight of the unimodal heads' own losses (mean over modalities) beside the fused loss
     ogm_alpha: float = 0.0  # OGM-GE: slow the encoders of modalities that fit the training batch best; 0 = off
@@ -251,6 +254,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "train.grad_clip": (0.0, 1e6, False),
     "train.label_smoothing": (0.0, 1.0, False),
     "train.modality_dropout": (0.0, 1.0, False),
+    "train.mixup": (0.0, 100.0, False),
 }
 
 

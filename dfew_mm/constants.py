@@ -28,10 +28,17 @@ MIN_FACE_SIZE, MAX_FACE_SIZE = 8, 512  # px
 MAX_AUDIO_FRAMES = 8192  # filterbank frames fed to the model (10 ms each: 82 s)
 
 # Body pose: MediaPipe PoseLandmarker topology.
-N_POSE_LANDMARKS = 33
-POSE_CHANNELS = 4  # x, y, z, visibility
-LEFT_SHOULDER, RIGHT_SHOULDER = 11, 12
-LEFT_HIP, RIGHT_HIP = 23, 24
+POSE_LANDMARK_NAMES = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
+    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+)
+N_POSE_LANDMARKS = len(POSE_LANDMARK_NAMES)  # 33
+POSE_CHANNELS = 4  # x, y, z, visibility (x, y in image widths and heights from the top left)
+LEFT_SHOULDER, RIGHT_SHOULDER = POSE_LANDMARK_NAMES.index("left_shoulder"), POSE_LANDMARK_NAMES.index("right_shoulder")
+LEFT_HIP, RIGHT_HIP = POSE_LANDMARK_NAMES.index("left_hip"), POSE_LANDMARK_NAMES.index("right_hip")
 # MediaPipe FaceLandmarker blendshape scores, in the model's output order (store array `blendshapes`)
 BLENDSHAPE_NAMES = (
     "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",

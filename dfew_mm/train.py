@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from dfew_mm.balance import Balancer, fit_member_weights
-from dfew_mm.batch import batch_to, collate
+from dfew_mm.batch import batch_to, collate, mix, mixup_draw
 from dfew_mm.checkpoint import (checkpoint_classes, load_weights, model_config_diff, read_checkpoint,
                                 remove_stale_checkpoint_temps, rng_state, save_checkpoint, set_rng_state)
 from dfew_mm.config import ExperimentConfig, git_sha, to_dict, write_run_record
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run is declared diverged
 METRICS_FILE = "metrics.jsonl"  # one line per epoch
 TEST_BY_EPOCH = "test_by_epoch.jsonl"  # one line per epoch: the test fold's metrics, never used to select
+MIXUP_STREAM = 2  # the mixup generator's stream beside the samples' (dfew_mm.data.dataset)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -225,6 +226,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     else:
         cache.check(cfg)
         cache.verify([*splits.train.ids, *splits.val.ids, *splits.test.ids])
+        if cfg.data.augment:  # cached tokens are fixed; flipping only the modalities read would break the pairing
+            log.info("no augmentation from an embedding cache: training reads fixed tokens")
     train_set, train_loader, val_loader, test_loader = make_loaders(cfg, store, splits, d, cache)
     log.info("fold %d: %d train, %d val, %d test clips; modalities %s; device %s x%d", cfg.data.fold,
              len(splits.train.ids), len(splits.val.ids), len(splits.test.ids), ",".join(cfg.model.modalities),
@@ -296,11 +299,17 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
                    leave=False)
         for i, batch in enumerate(bar):
             batch = batch_to(batch, d.device)
+            mixed = None
+            if cfg.train.mixup > 0:  # partners and lam from (seed, rank, epoch, step): exact on resume
+                order, lam = mixup_draw(cfg.train.mixup, [cfg.train.seed, d.rank, epoch, i, MIXUP_STREAM],
+                                        len(batch["label"]))
+                order = order.to(d.device)
+                batch, mixed = mix(batch, order, lam), (batch["label"][order], lam)
             boundary = (i + 1) % cfg.train.grad_accum == 0 or i + 1 == len(train_loader)
             sync = net.no_sync() if d.world > 1 and not boundary else nullcontext()
             with sync, autocast(d.device, cfg.train.amp):
                 out = step_fn(batch, return_unimodal=True) if balance.wants_unimodal else step_fn(batch)
-                loss = balance.loss(out, batch["label"])
+                loss = balance.loss(out, batch["label"], mixed)
             # NaN guard: every rank must agree to skip, or DDP's gradient all-reduce would hang
             finite = torch.isfinite(loss.detach()).float()
             if d.world > 1:

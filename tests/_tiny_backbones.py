@@ -26,6 +26,7 @@ SSL = dict(  # WavLM / HuBERT (wav2vec 2.0 layout), shrunk
     conv_kernel=[20, 20], conv_stride=[16, 20], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 SPEECH = {
     "ast": dict(arch="ast", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+    "fbank_cnn": dict(arch="fbank_cnn", hidden_size=32, num_layers=3),
     "wavlm": dict(arch="hf/microsoft/wavlm-base-plus", arch_kwargs=dict(SSL, num_buckets=16, max_bucket_distance=32)),
     "hubert": dict(arch="hf/facebook/hubert-base-ls960", arch_kwargs=SSL),
     "whisper": dict(arch="hf/openai/whisper-base", arch_kwargs=dict(d_model=32, encoder_layers=2,

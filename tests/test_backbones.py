@@ -81,7 +81,7 @@ def test_speech_family_builds_offline_and_gives_timestamped_tokens(name):
     assert torch.allclose(times[0], (torch.arange(n) + 0.5) * SECONDS / n)  # token centres, seconds
     assert torch.allclose(times[1], times[0] + 0.5)  # a crop that starts at 0.5 s shifts them
     assert mask[0, :4].all() and not mask[0, -1] and mask[1].all() and not mask[2].any()
-    assert enc.input_keys == (("audio", "audio_mask") if name == "ast" else ("waveform", "waveform_mask"))
+    assert enc.input_keys == (("audio", "audio_mask") if name in ("ast", "fbank_cnn") else ("waveform", "waveform_mask"))
     (tokens * mask.unsqueeze(-1)).square().mean().backward()
     assert_grads_match_trainability(enc)
 

@@ -10,7 +10,7 @@ from _train_stores import make_store
 from dfew_mm.config import load_config
 from dfew_mm.batch import collate
 from dfew_mm.data.dataset import ClipDataset, frame_indices
-from dfew_mm.models.encoders.audio import crop_audio
+from dfew_mm.models.encoders.audio import crop_audio, window_starts
 from dfew_mm.data.splits import fold_splits, stratified_val_split
 from dfew_mm.data.store import FeatureStore
 from dfew_mm.errors import StoreError
@@ -78,10 +78,14 @@ def test_frame_and_audio_resampling():
     rng = np.random.default_rng(0)
     picked = frame_indices(32, 4, rng)
     assert all(8 * i <= p < 8 * (i + 1) for i, p in enumerate(picked))
-    audio, mask, start = crop_audio(np.ones((50, 128), np.float16), 80, None)
-    assert audio.shape == (80, 128) and mask.sum() == 50 and not audio[50:].any() and start == 0
-    audio, mask, start = crop_audio(np.arange(300, dtype=np.float16)[:, None].repeat(128, 1), 80, rng)
+    audio, mask = crop_audio(np.ones((50, 128), np.float16), 80)
+    assert audio.shape == (80, 128) and mask.sum() == 50 and not audio[50:].any()
+    assert window_starts(50, 80, rng).tolist() == [0] and window_starts(50, 80, None, "clip", 3).tolist() == [0]
+    [start] = window_starts(300, 80, rng)
+    audio, mask = crop_audio(np.arange(300, dtype=np.float16)[:, None].repeat(128, 1), 80, start)
     assert mask.all() and audio[0, 0] == start and 0 <= start <= 220
+    assert window_starts(300, 80, None, "centre").tolist() == [110]
+    assert window_starts(300, 80, None, "clip", 3).tolist() == [0, 110, 220]  # first to last frame
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint():

@@ -9,6 +9,7 @@ name, and asks each registered modality for its keys.
 from __future__ import annotations
 
 import multiprocessing
+import zlib
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from dfew_mm.errors import StoreError
 from dfew_mm.models.encoders import ENCODERS
 from dfew_mm.models.encoders.base import Augmentation, Frames
 
-AUGMENT_STREAM = 1  # the augmentation generator's stream beside the frame sampler's (seed, epoch, index)
+AUGMENT_STREAM = 1  # the augmentation generators' stream beside the frame sampler's (seed, epoch, index)
 ArrayTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # a stored array -> same shape
 
 
@@ -97,12 +98,15 @@ class ClipDataset(Dataset):
         except READ_ERRORS as err:  # damaged since the start-up check: name the clip and the repair
             raise self.store.read_error(clip_id, err) from None
 
-    def augmentation(self, index: int) -> Augmentation | None:
-        """The sample's augmentation draws; None outside training, with `data.augment` off or from a cache."""
+    def augmentation(self, index: int) -> dict[str, Augmentation] | None:
+        """Each read modality's augmentation draws for this sample (one flip for the clip, a generator per
+        modality); None outside training, with `data.augment` off or from a cache."""
         if not (self.train and self.cfg.augment) or self.cached:
             return None
-        rng = np.random.default_rng([self.seed, self.epoch, index, AUGMENT_STREAM])
-        return Augmentation(flip=bool(rng.random() < self.cfg.hflip), rng=rng)
+        key = [self.seed, self.epoch, index, AUGMENT_STREAM]
+        flip = bool(np.random.default_rng(key).random() < self.cfg.hflip)
+        return {name: Augmentation(flip, np.random.default_rng([*key, zlib.crc32(name.encode())]))
+                for name in self.read}
 
     def __getitem__(self, index: int) -> Sample:
         clip_id, cfg = self.ids[index], self.cfg
@@ -121,12 +125,14 @@ class ClipDataset(Dataset):
         frame_time = arrays["frame_time"][idx] if t_stored else np.zeros(cfg.frames, np.float32)
         sample = Sample(frame_time=torch.from_numpy(np.asarray(frame_time, dtype=np.float32)),
                         label=int(self.labels[index]), clip_id=clip_id)
-        aug = self.augmentation(index)
+        augs = self.augmentation(index)
         for name, encoder in ENCODERS.items():
             enc_cfg = self.encoder_cfgs[name]
             if name in self.read:
                 part = encoder.cut(enc_cfg, arrays, frames)
-                sample.update(encoder.augment(enc_cfg, part, aug) if aug is not None else part)  # type: ignore[typeddict-item]
+                if augs is not None:
+                    part = encoder.augment(enc_cfg, part, augs[name])
+                sample.update(part)  # type: ignore[typeddict-item]
             else:
                 sample.update(encoder.absent(enc_cfg, frames))  # type: ignore[typeddict-item]
         if self.cached:

@@ -4,6 +4,7 @@
             timm/<model name>            any timm model                      timm_models.py
             hf/<repo id or folder>       CLIP/SigLIP vision tower, DINOv2    hf_vision.py
     speech  ast                          AST on the stored filterbank        ast.py
+            fbank_cnn                    a small CNN on the filterbank       fbank_cnn.py
             hf/<repo id or folder>       WavLM, HuBERT, wav2vec 2.0          wav2vec2.py
             hf/<repo id or folder>       Whisper's encoder                   whisper.py
 
@@ -20,6 +21,7 @@ from dfew_mm.models.backbones import hub
 from dfew_mm.models.backbones.ast import ASTBackbone
 from dfew_mm.models.backbones.base import (FREEZE_POLICIES, Backbone, SpeechBackbone, SpeechSpec, VisionBackbone,
                                            VisionSpec, apply_tuning)
+from dfew_mm.models.backbones.fbank_cnn import FbankCNNBackbone
 from dfew_mm.models.backbones.hf_vision import HFVisionBackbone
 from dfew_mm.models.backbones.resnet import ResNetBackbone
 from dfew_mm.models.backbones.timm_models import TimmBackbone
@@ -29,7 +31,7 @@ from dfew_mm.models.backbones.whisper import WhisperEncoderBackbone
 VISION_BACKBONES: dict[str, type[VisionBackbone]] = {
     cls.family: cls for cls in (ResNetBackbone, TimmBackbone, HFVisionBackbone)}
 SPEECH_BACKBONES: dict[str, type[SpeechBackbone]] = {
-    cls.family: cls for cls in (ASTBackbone, Wav2Vec2Backbone, WhisperEncoderBackbone)}
+    cls.family: cls for cls in (ASTBackbone, FbankCNNBackbone, Wav2Vec2Backbone, WhisperEncoderBackbone)}
 
 __all__ = ["FREEZE_POLICIES", "SPEECH_BACKBONES", "VISION_BACKBONES", "Backbone", "SpeechSpec", "VisionSpec",
            "build_speech_backbone", "build_vision_backbone", "speech_family", "speech_spec", "unknown_arch",

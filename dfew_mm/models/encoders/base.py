@@ -92,11 +92,13 @@ class Frames:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """One training sample's augmentation draws, shared by all its modalities.
+    """One training sample's augmentation draws for one modality.
 
-    `flip`: mirror the clip horizontally (faces, and with them pose and blendshapes, so the modalities
-    stay consistent). `rng`: seeded by (seed, epoch, clip index) on its own stream, so frame sampling is
-    the same with augmentation on or off and a resumed run draws what the uninterrupted one drew.
+    `flip`: mirror the clip horizontally, drawn once per clip and shared by all its modalities (faces,
+    and with them pose and blendshapes, so the modalities stay consistent). `rng`: the modality's own
+    generator, seeded by (seed, epoch, clip index, modality) on a stream apart from the frame sampler's,
+    so frame sampling is the same with augmentation on or off, one modality's draws do not depend on
+    which others are read or augmented, and a resumed run draws what the uninterrupted one drew.
     """
 
     flip: bool
@@ -178,6 +180,13 @@ class Encoder(nn.Module):
             for module in frozen_modules(self):  # frozen BatchNorm keeps its statistics, no dropout
                 module.eval()
         return self
+
+
+def mirror_order(names: tuple[str, ...], left: str, right: str) -> list[int]:
+    """The index order that mirrors named left/right channels: position i takes the channel whose name is
+    names[i] with `left` and `right` swapped (e.g. mouthSmileLeft <-> mouthSmileRight); others stay."""
+    swapped = [n.replace(left, "\0").replace(right, left).replace("\0", right) for n in names]
+    return [names.index(n) for n in swapped]
 
 
 def extract_flag(option: str) -> str:

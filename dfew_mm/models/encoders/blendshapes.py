@@ -2,19 +2,30 @@
 
 Store: `blendshapes` (T, 52) float32, written by extraction with `--blendshapes`. The scores
 (0..1, e.g. mouthSmileLeft, browDownRight) are an expression signal the landmarker learned from
-real faces; they need no normalisation beyond a LayerNorm.
+real faces; they need no normalisation beyond a LayerNorm. Training-time augmentation (`data.augment`,
+`model.blendshapes.aug`): the clip's horizontal flip swaps every ...Left score with its ...Right one (as
+the flipped faces), and Gaussian jitter on the scores of the valid frames.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from dfew_mm.constants import N_BLENDSHAPES
-from dfew_mm.models.encoders.base import MLP_RANGES, Encoder, Frames, Tokens, per_frame_mlp
+from dfew_mm.constants import BLENDSHAPE_NAMES, N_BLENDSHAPES
+from dfew_mm.models.encoders.base import MLP_RANGES, Augmentation, Encoder, Frames, Tokens, mirror_order, per_frame_mlp
+
+MIRROR = mirror_order(BLENDSHAPE_NAMES, "Left", "Right")  # score order of the mirrored face
+
+
+@dataclass
+class BlendshapeAugmentConfig:
+    """`model.blendshapes.aug`: training-time augmentation of a clip's scores (`data.augment`)."""
+
+    jitter: float = 0.02  # std of the Gaussian noise on each score (0..1) per frame; clipped to 0..1
 
 
 @dataclass
@@ -22,6 +33,7 @@ class BlendshapeEncoderConfig:
     hidden: int = 128
     layers: int = 2
     dropout: float = 0.1
+    aug: BlendshapeAugmentConfig = field(default_factory=BlendshapeAugmentConfig)
 
 
 class BlendshapeEncoder(Encoder):
@@ -32,7 +44,7 @@ class BlendshapeEncoder(Encoder):
     Config = BlendshapeEncoderConfig
     default = False  # a default extraction does not write the array
     extract_option = "blendshapes"
-    ranges = MLP_RANGES
+    ranges = {**MLP_RANGES, "aug.jitter": (0.0, 1.0, False)}
 
     @classmethod
     def store_arrays(cls, cfg: BlendshapeEncoderConfig) -> tuple[str, ...]:
@@ -50,6 +62,16 @@ class BlendshapeEncoder(Encoder):
     @classmethod
     def absent(cls, cfg: BlendshapeEncoderConfig, frames: Frames) -> dict[str, torch.Tensor]:
         return {"blendshapes": torch.zeros(frames.data.frames, N_BLENDSHAPES), "blendshapes_mask": frames.none()}
+
+    @classmethod
+    def augment(cls, cfg: BlendshapeEncoderConfig, part: dict, aug: Augmentation) -> dict:
+        """The clip's flip and score jitter on the valid frames; the others stay zeros."""
+        scores, valid = part["blendshapes"], part["blendshapes_mask"]  # (T, 52), (T,)
+        out = scores[:, MIRROR] if aug.flip else scores.clone()
+        if cfg.aug.jitter:
+            noise = aug.rng.standard_normal(scores.shape, dtype=np.float32) * cfg.aug.jitter
+            out = (out + torch.from_numpy(noise)).clamp_(0.0, 1.0)
+        return {**part, "blendshapes": torch.where(valid[:, None], out, scores)}
 
     def __init__(self, cfg: BlendshapeEncoderConfig):
         super().__init__(cfg)

@@ -1,21 +1,32 @@
 """Body pose: an MLP over per-frame MediaPipe keypoints normalised to the body.
 
-Store: `pose` (T, 33, 4) float32 x, y, z, visibility and `pose_mask` (T,).
+Store: `pose` (T, 33, 4) float32 x, y, z, visibility and `pose_mask` (T,). Training-time augmentation
+(`data.augment`, `model.pose.aug`): the clip's horizontal flip (x mirrored, left and right landmarks
+swapped, as the flipped faces) and Gaussian jitter of every landmark, scaled by the frame's shoulder width.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from dfew_mm.constants import LEFT_SHOULDER, N_POSE_LANDMARKS, POSE_CHANNELS, RIGHT_SHOULDER
-from dfew_mm.models.encoders.base import MLP_RANGES, Encoder, Frames, Tokens, per_frame_mlp
+from dfew_mm.constants import LEFT_SHOULDER, N_POSE_LANDMARKS, POSE_CHANNELS, POSE_LANDMARK_NAMES, RIGHT_SHOULDER
+from dfew_mm.models.encoders.base import MLP_RANGES, Augmentation, Encoder, Frames, Tokens, mirror_order, per_frame_mlp
 
 MIN_SHOULDER_WIDTH = 1e-2  # normalised image units; guards frames where the shoulders coincide
 MAX_COORD = 10.0  # shoulder widths; clamps landmarks that MediaPipe guesses far off-screen
+
+MIRROR = mirror_order(POSE_LANDMARK_NAMES, "left", "right")  # landmark order of the mirrored body
+
+
+@dataclass
+class PoseAugmentConfig:
+    """`model.pose.aug`: training-time augmentation of a clip's keypoints (`data.augment`)."""
+
+    jitter: float = 0.02  # std of the Gaussian noise on each landmark's x, y, z per frame, in shoulder widths
 
 
 @dataclass
@@ -23,6 +34,7 @@ class PoseEncoderConfig:
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.1
+    aug: PoseAugmentConfig = field(default_factory=PoseAugmentConfig)
 
 
 def normalise_pose(pose: torch.Tensor) -> torch.Tensor:
@@ -40,7 +52,7 @@ class PoseEncoder(Encoder):
 
     name = "pose"
     Config = PoseEncoderConfig
-    ranges = MLP_RANGES
+    ranges = {**MLP_RANGES, "aug.jitter": (0.0, 1.0, False)}
 
     @classmethod
     def store_arrays(cls, cfg: PoseEncoderConfig) -> tuple[str, ...]:
@@ -56,6 +68,20 @@ class PoseEncoder(Encoder):
     @classmethod
     def absent(cls, cfg: PoseEncoderConfig, frames: Frames) -> dict[str, torch.Tensor]:
         return {"pose": torch.zeros(frames.data.frames, N_POSE_LANDMARKS, POSE_CHANNELS), "pose_mask": frames.none()}
+
+    @classmethod
+    def augment(cls, cfg: PoseEncoderConfig, part: dict, aug: Augmentation) -> dict:
+        """The clip's flip and landmark jitter on the frames with a body; the others stay zeros."""
+        pose, valid = part["pose"], part["pose_mask"]  # (T, 33, 4), (T,)
+        out = pose.clone()
+        if aug.flip:  # the mirror image: x -> 1 - x, and the left landmarks become the right ones
+            out = out[:, MIRROR]
+            out[..., 0] = 1.0 - out[..., 0]
+        if cfg.aug.jitter:
+            width = (pose[:, LEFT_SHOULDER, :2] - pose[:, RIGHT_SHOULDER, :2]).norm(dim=-1)  # (T,) image units
+            noise = torch.from_numpy(aug.rng.standard_normal((len(pose), N_POSE_LANDMARKS, 3), dtype=np.float32))
+            out[..., :3] += noise * (cfg.aug.jitter * width.clamp_min(MIN_SHOULDER_WIDTH))[:, None, None]
+        return {**part, "pose": torch.where(valid[:, None, None], out, pose)}
 
     def __init__(self, cfg: PoseEncoderConfig):
         super().__init__(cfg)

@@ -7,25 +7,61 @@ as an 8-bit image processor does), centre-crop to its input size, normalise with
 `model.video.input_size` runs the backbone at another size (the same crop ratio),
 `model.video.crop_pct` changes the crop ratio, and `model.video.normalise` picks per-image
 standardisation or ImageNet statistics instead.
+
+Training-time augmentation (`data.augment`, settings `model.video.aug`): a random resized crop, the
+clip's horizontal flip, a small rotation and colour jitter, with one set of parameters for all frames of
+a clip (the expression must not jump between frames), different per clip. The loader draws the
+parameters (`augment`, from the sample's generator) into `video_aug`; the encoder applies them to the
+whole batch on the device, after the backbone's resize and centre crop and before normalisation: crop,
+flip and rotation as one affine resampling (torch's affine_grid/grid_sample), then brightness, contrast
+and saturation blended as torchvision's ColorJitter does. Applying them per clip in the loader workers
+(torchvision.transforms.v2 on the 112 px uint8 crops) cut the DataLoader to 0.2x its floor on 2 cores
+(docs/augmentation.md). Optional crop-level low light (dfew_mm.lowlight) darkens the uint8 crops in the
+loader. Batches without `video_aug` (evaluation, predict, embed, member weighting) are never augmented.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dfew_mm.constants import LUMA_WEIGHTS
 from dfew_mm.errors import ConfigError, StoreError
 from dfew_mm.models.backbones import VisionSpec, build_vision_backbone, vision_family, vision_spec
 from dfew_mm.models.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
-from dfew_mm.models.encoders.base import REEXTRACT, BackboneConfig, Encoder, Frames, Tokens, check_tuning
+from dfew_mm.lowlight import darken
+from dfew_mm.models.encoders.base import (REEXTRACT, Augmentation, BackboneConfig, Encoder, Frames, Tokens,
+                                          check_tuning)
 
 PER_IMAGE_EPS = 1.0  # grey levels; keeps a blank (all-zero, masked) crop finite
 NORMALISE = ("backbone", "imagenet", "per_image")
 MAX_FACE_UPSCALE = 1.5  # resize side / stored face side; 112 px faces serve backbones resizing to <= 168 px
+CROP_ASPECT = (4 / 5, 5 / 4)  # width / height of the random resized crop, drawn log-uniformly
+# `video_aug` (B, 9) per clip: the crop window's centre and half size in normalised image coordinates
+# (-1..1, as affine_grid's), the mirror sign (-1 flips), the rotation (radians) and the colour factors
+AUG_PARAMS = ("centre_x", "centre_y", "half_w", "half_h", "mirror", "angle", "brightness", "contrast", "saturation")
+LOWLIGHT_STEP = 0.1  # low-light strengths are drawn in these steps (dfew_mm.lowlight caches a table per strength)
+
+
+@dataclass
+class FaceAugmentConfig:
+    """`model.video.aug`: training-time augmentation of a clip's faces, one draw per clip (`data.augment`)."""
+
+    crop: float = 0.8  # random resized crop: the smallest share of the face crop's area kept (1: no crop)
+    rotate: float = 10.0  # degrees: rotation drawn in [-rotate, rotate]
+    brightness: float = 0.3  # colour jitter: factors drawn in [1 - x, 1 + x] (0: off)
+    contrast: float = 0.3
+    saturation: float = 0.3
+    # Crop-level low light: the chance of darkening a clip's faces at a strength drawn in
+    # [0, lowlight_strength] (dfew_mm.lowlight). It changes what the low-light analysis measures (a model
+    # that saw dark faces in training): off by default, and recorded in the run's config like every setting.
+    lowlight: float = 0.0
+    lowlight_strength: float = 0.8
 
 
 @dataclass
@@ -38,6 +74,7 @@ class VideoEncoderConfig(BackboneConfig):
     # per_image: each face crop to zero mean, unit variance, which makes a from-scratch backbone blind to
     # exposure (low light)
     normalise: str = "backbone"  # backbone | imagenet | per_image
+    aug: FaceAugmentConfig = field(default_factory=FaceAugmentConfig)
 
 
 def face_geometry(spec: VisionSpec, cfg: VideoEncoderConfig, stored: int | None) -> tuple[int | None, int | None]:
@@ -56,14 +93,53 @@ def face_geometry(spec: VisionSpec, cfg: VideoEncoderConfig, stored: int | None)
     return max(crop, round(crop * ratio)), crop
 
 
+def crop_window(min_area: float, rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """A random resized crop's window as (centre x, centre y, half width, half height) in normalised image
+    coordinates: area share drawn in [min_area, 1], aspect ratio in CROP_ASPECT, position uniform, as
+    torchvision's RandomResizedCrop draws them (from `rng`, in fractions of the side instead of pixels)."""
+    log_ratio = (math.log(CROP_ASPECT[0]), math.log(CROP_ASPECT[1]))
+    for _ in range(10):
+        area, ratio = rng.uniform(min_area, 1.0), math.exp(rng.uniform(*log_ratio))
+        w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)  # shares of the side
+        if w <= 1 and h <= 1:
+            left, top = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+            return 2 * left + w - 1, 2 * top + h - 1, w, h
+    return 0.0, 0.0, 1.0, 1.0
+
+
+def augment_faces(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) float faces in 0..255 and (N, 9) `video_aug` rows -> augmented (N, 3, H, W).
+
+    One affine resampling per image takes the crop window, mirrored and rotated, to the full output
+    (outside the image: black, as torchvision's rotation fills); then ColorJitter's blends: brightness
+    scales, contrast blends with the image's mean grey, saturation with its own greyscale.
+    """
+    cx, cy, half_w, half_h, mirror, angle, brightness, contrast, saturation = params.float().unbind(1)  # (N,) each
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos * half_w * mirror, -sin * half_h, cx], 1),
+                         torch.stack([sin * half_w * mirror, cos * half_h, cy], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2) input coordinates
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    luma = x.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    x = (x * brightness.view(-1, 1, 1, 1)).clamp(0, 255)
+    mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)  # (N, 1, 1, 1)
+    x = (mean + contrast.view(-1, 1, 1, 1) * (x - mean)).clamp(0, 255)
+    grey = (x * luma).sum(1, keepdim=True)  # (N, 1, H, W)
+    return (grey + saturation.view(-1, 1, 1, 1) * (x - grey)).clamp(0, 255)
+
+
 class VideoEncoder(Encoder):
     """Sample: video (T, 3, S, S) uint8 RGB face crops (a channels-last view of the stored (T, S, S, 3)),
-    video_mask (T,) bool, a face was found in that frame. Tokens: (B, T, D) per-frame features."""
+    video_mask (T,) bool, a face was found in that frame; training samples with `data.augment` also carry
+    video_aug (9,) float32, the clip's augmentation (AUG_PARAMS). Tokens: (B, T, D) per-frame features."""
 
     name = "video"
     Config = VideoEncoderConfig
     cacheable = True
-    ranges = {"input_size": (0, 1024, False)}
+    ranges = {"input_size": (0, 1024, False), "aug.crop": (0.0, 1.0, True), "aug.rotate": (0.0, 180.0, False),
+              "aug.brightness": (0.0, 1.0, False), "aug.contrast": (0.0, 1.0, False),
+              "aug.saturation": (0.0, 1.0, False), "aug.lowlight": (0.0, 1.0, False),
+              "aug.lowlight_strength": (0.0, 1.0, False)}
 
     @classmethod
     def check_config(cls, cfg: VideoEncoderConfig, data=None) -> None:
@@ -110,6 +186,23 @@ class VideoEncoder(Encoder):
         video = torch.zeros(frames.data.frames, size, size, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
         return {"video": video, "video_mask": frames.none()}
 
+    @classmethod
+    def augment(cls, cfg: VideoEncoderConfig, part: dict, aug: Augmentation) -> dict:
+        """Draw the clip's crop window, rotation and colour factors (applied on the device, see `augment_faces`)
+        into `video_aug` (9,); darken the uint8 crops here when low light is drawn."""
+        a, rng = cfg.aug, aug.rng
+        window = crop_window(a.crop, rng) if a.crop < 1 else (0.0, 0.0, 1.0, 1.0)
+        angle = math.radians(rng.uniform(-a.rotate, a.rotate)) if a.rotate else 0.0
+        colour = [rng.uniform(1 - x, 1 + x) if x else 1.0 for x in (a.brightness, a.contrast, a.saturation)]
+        params = torch.tensor([*window, -1.0 if aug.flip else 1.0, angle, *colour], dtype=torch.float32)
+        video = part["video"]  # (T, 3, S, S) uint8, channels-last over (T, S, S, 3)
+        if a.lowlight and rng.random() < a.lowlight:
+            steps = int(rng.integers(0, round(a.lowlight_strength / LOWLIGHT_STEP) + 1))
+            if steps:
+                faces = darken(video.permute(0, 2, 3, 1).numpy(), steps * LOWLIGHT_STEP, rng)  # (T, S, S, 3) copy
+                video = torch.from_numpy(faces).permute(0, 3, 1, 2)
+        return {**part, "video": video, "video_aug": params}
+
     def __init__(self, cfg: VideoEncoderConfig):
         super().__init__(cfg)
         self.backbone = build_vision_backbone(cfg)
@@ -126,8 +219,9 @@ class VideoEncoder(Encoder):
     def load_pretrained(self, cfg: VideoEncoderConfig | None = None) -> None:
         self.backbone.load_pretrained(cfg or self.cfg)
 
-    def preprocess(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S, S) uint8 -> (B*T, 3, H, H) float, as the backbone's image processor would give it."""
+    def preprocess(self, video: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, 3, S, S) uint8 -> (B*T, 3, H, H) float, as the backbone's image processor would give it;
+        with `aug` (B, 9) each clip's augmentation is applied before normalising."""
         x = video.flatten(0, 1).float()  # (B*T, 3, S, S)
         resize, crop = face_geometry(self.spec, self.cfg, x.shape[-1])
         if resize != x.shape[-1]:  # width, then height, each pass rounded to 8 bits as PIL and torchvision do
@@ -137,17 +231,20 @@ class VideoEncoder(Encoder):
         if crop < resize:
             top = (resize - crop) // 2
             x = x[..., top:top + crop, top:top + crop]  # (B*T, 3, crop, crop)
+        if aug is not None:
+            x = augment_faces(x, aug.repeat_interleave(video.shape[1], 0))  # one row per clip -> per frame
         if self.cfg.normalise == "per_image":
             return (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + PER_IMAGE_EPS)
         return (x - self.mean) / self.std
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S, S) uint8 faces -> (B, T, D) per-frame features."""
+    def forward(self, video: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, 3, S, S) uint8 faces (and their (B, 9) augmentation) -> (B, T, D) per-frame features."""
         b, t = video.shape[:2]
-        x = self.preprocess(video)
+        x = self.preprocess(video, aug)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x).view(b, t, -1)  # (B*T, D) -> (B, T, D)
 
     def encode(self, batch) -> Tokens:
-        return self(batch["video"]), batch["video_mask"], batch["frame_time"]
+        aug = batch.get("video_aug") if self.training else None  # only training batches carry it
+        return self(batch["video"], aug), batch["video_mask"], batch["frame_time"]
