@@ -15,7 +15,9 @@ import math
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -184,12 +186,60 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 # -- the loop -----------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One training run between its sections: set-up, epochs (train, then validate and save), test fold."""
+
+    cfg: ExperimentConfig
+    d: Dist
+    run_dir: Path
+    store: FeatureStore
+    splits: Any
+    extractor: int | None  # extractor version of the store
+    train_set: ClipDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    test_loader: DataLoader
+    model: EmotionModel
+    opt: torch.optim.Optimizer
+    sched: Any
+    balance: Balancer
+    net: Any = None  # the model, DDP-wrapped across processes
+    step_fn: Any = None  # `net` as one training step calls it: compiled with train.compile
+    start_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"uar": -1.0, "epoch": -1})
+    writer: Any = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
 def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | None = None,
           test_every_epoch: bool = False) -> Path:
     """Train one fold; returns the run directory. `stop_after_epochs` ends this call early
     (for time-limited job slots); `resume=True` continues from the run directory's last.pt.
     `test_every_epoch` also evaluates the test fold after every epoch into TEST_BY_EPOCH, for the
     optimistic best-test-epoch figure; training, selection and the random streams stay as without it."""
+    run = set_up(cfg, resume)
+    end_epoch = cfg.train.epochs if stop_after_epochs is None else min(cfg.train.epochs,
+                                                                       run.start_epoch + stop_after_epochs)
+    for epoch in range(run.start_epoch, end_epoch):
+        seen, loss_sum, train_s, skipped = train_epoch(run, epoch)
+        validate_and_save(run, epoch, seen, loss_sum, train_s, skipped, test_every_epoch)
+    if end_epoch == cfg.train.epochs:  # the test fold, touched only once training is complete
+        test_fold(run, end_epoch)
+    if run.writer is not None:
+        run.writer.close()
+    return run.run_dir
+
+
+def set_up(cfg: ExperimentConfig, resume: bool) -> Run:
+    """Checks, seeds, data, model, optimiser; the saved state of last.pt with `resume`."""
     if not cfg.data.store:
         raise ConfigError("no feature store given: pass --store FEATURES (data.store=FEATURES)")
     for key in ("epochs", "batch_size", "grad_accum"):
@@ -198,7 +248,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     set_deterministic(cfg.train.deterministic)  # before any CUDA work (cuBLAS reads its setting once)
     d = setup_distributed(cfg.train.device)
     run_dir = Path(cfg.train.out_dir)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path = run_dir / "last.pt"
     if resume and not last_path.is_file():
         raise DfewMMError(f"cannot resume: {last_path} does not exist")
     if not resume and last_path.is_file():
@@ -249,146 +299,156 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_epochs: int | 
     weights = (class_weights(splits.train.labels, model.num_classes).to(d.device)
                if cfg.train.class_balance == "weighted_loss" else None)
     balance = Balancer(model, cfg.train, weights)  # fused + unimodal losses, OGM-GE (dfew_mm/balance.py)
-
-    start_epoch, best = 0, {"uar": -1.0, "epoch": -1}
+    run = Run(cfg, d, run_dir, store, splits, extractor, train_set, train_loader, val_loader, test_loader, model,
+              opt, sched, balance)
     if resume:
-        ckpt = read_checkpoint(last_path, "cpu")
-        diff = model_config_diff(ckpt["config"]["model"], to_dict(cfg)["model"])
-        if diff:
-            raise DfewMMError(f"{last_path} was trained with a different model configuration: " + "; ".join(diff))
-        saved_classes = checkpoint_classes(ckpt, cfg)
-        if saved_classes != model.classes:
-            raise DfewMMError(f"{last_path} was trained on the classes {', '.join(saved_classes)}; "
-                              f"{dataset.title} has {', '.join(model.classes)}")
-        load_weights(model, ckpt["model"], last_path)
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, best = ckpt["meta"]["epoch"] + 1, ckpt["meta"]["best"]
-        began_on = ckpt["meta"].get("extractor_version")
-        if None not in (began_on, extractor) and began_on != extractor:
-            log.warning("the run began on a store of extractor version %s and resumes on version %s: its epochs "
-                        "saw different features", began_on, extractor)
-        if len(ckpt["rng"]) != d.world:
-            log.warning("resuming with %d processes, saved with %d: training continues, but not bit-exactly",
-                        d.world, len(ckpt["rng"]))
-        set_rng_state(ckpt["rng"][d.rank % len(ckpt["rng"])])
-        log.info("resumed %s at epoch %d (best val UAR %.3f at epoch %d)", last_path, start_epoch,
-                 best["uar"], best["epoch"])
-
-    net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
+        restore(run, dataset.title)
+    run.net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
         if d.world > 1 else model
-    step_fn = torch.compile(net) if cfg.train.compile else net
-    writer = None
+    run.step_fn = torch.compile(run.net) if cfg.train.compile else run.net
     if d.main:
         write_run_record(run_dir, cfg)
         for name in (METRICS_FILE, TEST_BY_EPOCH):
-            keep_epochs_before(run_dir / name, start_epoch)
+            keep_epochs_before(run_dir / name, run.start_epoch)
         if len(splits.excluded):
             atomic_write_text(run_dir / "excluded_clips.csv", splits.excluded.to_csv(index=False))
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"))
+        run.writer = SummaryWriter(str(run_dir / "tb"))
+    return run
 
-    end_epoch = cfg.train.epochs if stop_after_epochs is None else min(cfg.train.epochs, start_epoch + stop_after_epochs)
-    for epoch in range(start_epoch, end_epoch):
-        # -- one epoch of training
-        net.train()
-        train_set.set_epoch(epoch)
-        train_loader.sampler.set_epoch(epoch)
-        tic, seen, loss_sum, bad_steps, skipped = time.perf_counter(), 0, 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=None if d.main else True,
-                   leave=False)
-        for i, batch in enumerate(bar):
-            batch = batch_to(batch, d.device)
-            mixed = None
-            if cfg.train.mixup > 0:  # partners and lam from (seed, rank, epoch, step): exact on resume
-                order, lam = mixup_draw(cfg.train.mixup, [cfg.train.seed, d.rank, epoch, i, MIXUP_STREAM],
-                                        len(batch["label"]))
-                order = order.to(d.device)
-                batch, mixed = mix(batch, order, lam), (batch["label"][order], lam)
-            boundary = (i + 1) % cfg.train.grad_accum == 0 or i + 1 == len(train_loader)
-            sync = net.no_sync() if d.world > 1 and not boundary else nullcontext()
-            with sync, autocast(d.device, cfg.train.amp):
-                out = step_fn(batch, return_unimodal=True) if balance.wants_unimodal else step_fn(batch)
-                loss = balance.loss(out, batch["label"], mixed)
-            # NaN guard: every rank must agree to skip, or DDP's gradient all-reduce would hang
-            finite = torch.isfinite(loss.detach()).float()
-            if d.world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1:
-                bad_steps, skipped = bad_steps + 1, skipped + 1
-                opt.zero_grad(set_to_none=True)
-                if bad_steps > MAX_BAD_STEPS:
-                    raise DfewMMError(f"training diverged: {bad_steps} consecutive non-finite losses; "
-                                      "lower train.lr or disable train.amp")
-                continue
-            bad_steps = 0
-            with sync:
-                (loss / cfg.train.grad_accum).backward()
-            if boundary:
-                if cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                balance.before_step(model, opt, d.world)  # OGM-GE: per-modality step sizes
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-            seen += len(batch["clip_id"])
-            loss_sum += loss.item() * len(batch["clip_id"])
-            bar.set_postfix(loss=f"{loss.item():.3f}", clips_s=f"{seen * d.world / (time.perf_counter() - tic):.1f}")
-        train_s = time.perf_counter() - tic
-        totals = gather((seen, loss_sum), d)
-        seen_all = sum(s for s, _ in totals)
 
-        # -- validation and checkpoints (late/both fusion: member weights from validation first)
-        weights_record = fit_member_weights(model, val_loader, d, cfg.train.amp)
-        val, _ = evaluate_loader(model, val_loader, d, cfg.train.amp)
-        improved = best["epoch"] < 0 or val["uar"] > best["uar"]
+def restore(run: Run, dataset_title: str) -> None:
+    """Weights, optimiser, scheduler, epoch, best and random state from last.pt (exact resume)."""
+    model, d = run.model, run.d
+    ckpt = read_checkpoint(run.last_path, "cpu")
+    diff = model_config_diff(ckpt["config"]["model"], to_dict(run.cfg)["model"])
+    if diff:
+        raise DfewMMError(f"{run.last_path} was trained with a different model configuration: " + "; ".join(diff))
+    saved_classes = checkpoint_classes(ckpt, run.cfg)
+    if saved_classes != model.classes:
+        raise DfewMMError(f"{run.last_path} was trained on the classes {', '.join(saved_classes)}; "
+                          f"{dataset_title} has {', '.join(model.classes)}")
+    load_weights(model, ckpt["model"], run.last_path)
+    run.opt.load_state_dict(ckpt["optimizer"])
+    run.sched.load_state_dict(ckpt["scheduler"])
+    run.start_epoch, run.best = ckpt["meta"]["epoch"] + 1, ckpt["meta"]["best"]
+    began_on = ckpt["meta"].get("extractor_version")
+    if None not in (began_on, run.extractor) and began_on != run.extractor:
+        log.warning("the run began on a store of extractor version %s and resumes on version %s: its epochs "
+                    "saw different features", began_on, run.extractor)
+    if len(ckpt["rng"]) != d.world:
+        log.warning("resuming with %d processes, saved with %d: training continues, but not bit-exactly",
+                    d.world, len(ckpt["rng"]))
+    set_rng_state(ckpt["rng"][d.rank % len(ckpt["rng"])])
+    log.info("resumed %s at epoch %d (best val UAR %.3f at epoch %d)", run.last_path, run.start_epoch,
+             run.best["uar"], run.best["epoch"])
+
+
+def train_epoch(run: Run, epoch: int) -> tuple[int, float, float, int]:
+    """One epoch of training: (clips seen, summed loss, seconds, non-finite steps skipped) of this rank."""
+    cfg, d, model, opt = run.cfg, run.d, run.model, run.opt
+    run.net.train()
+    run.train_set.set_epoch(epoch)
+    run.train_loader.sampler.set_epoch(epoch)
+    tic, seen, loss_sum, bad_steps, skipped = time.perf_counter(), 0, 0.0, 0, 0
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+               disable=None if d.main else True, leave=False)
+    for i, batch in enumerate(bar):
+        batch = batch_to(batch, d.device)
+        mixed = None
+        if cfg.train.mixup > 0:  # partners and lam from (seed, rank, epoch, step): exact on resume
+            order, lam = mixup_draw(cfg.train.mixup, [cfg.train.seed, d.rank, epoch, i, MIXUP_STREAM],
+                                    len(batch["label"]))
+            order = order.to(d.device)
+            batch, mixed = mix(batch, order, lam), (batch["label"][order], lam)
+        boundary = (i + 1) % cfg.train.grad_accum == 0 or i + 1 == len(run.train_loader)
+        sync = run.net.no_sync() if d.world > 1 and not boundary else nullcontext()
+        with sync, autocast(d.device, cfg.train.amp):
+            out = run.step_fn(batch, return_unimodal=True) if run.balance.wants_unimodal else run.step_fn(batch)
+            loss = run.balance.loss(out, batch["label"], mixed)
+        # NaN guard: every rank must agree to skip, or DDP's gradient all-reduce would hang
+        finite = torch.isfinite(loss.detach()).float()
+        if d.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            bad_steps, skipped = bad_steps + 1, skipped + 1
+            opt.zero_grad(set_to_none=True)
+            if bad_steps > MAX_BAD_STEPS:
+                raise DfewMMError(f"training diverged: {bad_steps} consecutive non-finite losses; "
+                                  "lower train.lr or disable train.amp")
+            continue
+        bad_steps = 0
+        with sync:
+            (loss / cfg.train.grad_accum).backward()
+        if boundary:
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            run.balance.before_step(model, opt, d.world)  # OGM-GE: per-modality step sizes
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            run.sched.step()
+        seen += len(batch["clip_id"])
+        loss_sum += loss.item() * len(batch["clip_id"])
+        bar.set_postfix(loss=f"{loss.item():.3f}", clips_s=f"{seen * d.world / (time.perf_counter() - tic):.1f}")
+    return seen, loss_sum, time.perf_counter() - tic, skipped
+
+
+def validate_and_save(run: Run, epoch: int, seen: int, loss_sum: float, train_s: float, skipped: int,
+                      test_every_epoch: bool) -> None:
+    """Validation (late/both fusion: member weights from validation first), model selection, the epoch's
+    metrics line and checkpoints."""
+    cfg, d, model = run.cfg, run.d, run.model
+    totals = gather((seen, loss_sum), d)
+    seen_all = sum(s for s, _ in totals)
+    weights_record = fit_member_weights(model, run.val_loader, d, cfg.train.amp)
+    val, _ = evaluate_loader(model, run.val_loader, d, cfg.train.amp)
+    improved = run.best["epoch"] < 0 or val["uar"] > run.best["uar"]
+    if improved:
+        run.best = {"uar": val["uar"], "epoch": epoch}
+    record = {"epoch": epoch, "train_loss": sum(ls for _, ls in totals) / max(seen_all, 1),
+              "lr": run.opt.param_groups[-1]["lr"], "clips_per_s": seen_all / train_s, "nan_skipped": skipped,
+              "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
+              "best_epoch": run.best["epoch"],
+              **run.balance.epoch_record(), **weights_record}
+    if test_every_epoch:  # drawn from a saved state and restored: the run itself stays the same
+        saved = rng_state()
+        test_now, _ = evaluate_loader(model, run.test_loader, d, cfg.train.amp)
+        set_rng_state(saved)
+    rng = gather(rng_state(), d)
+    if d.main:
+        log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
+                 format_metrics(val), record["clips_per_s"])
+        meta = {"epoch": epoch, "best": run.best, "val": val, "git_sha": git_sha(), "extractor_version": run.extractor}
+        payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "classes": list(model.classes),
+                   "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "rng": rng}
+        # the epoch's lines before last.pt: a kill in between redoes the epoch, which writes the lines again
+        with open(run.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(json_safe(record)) + "\n")
+        if test_every_epoch:
+            with open(run.run_dir / TEST_BY_EPOCH, "a") as f:
+                f.write(json.dumps(json_safe({"epoch": epoch, **test_now})) + "\n")
         if improved:
-            best = {"uar": val["uar"], "epoch": epoch}
-        record = {"epoch": epoch, "train_loss": sum(ls for _, ls in totals) / max(seen_all, 1),
-                  "lr": opt.param_groups[-1]["lr"], "clips_per_s": seen_all / train_s, "nan_skipped": skipped,
-                  "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
-                  "best_epoch": best["epoch"],
-                  **balance.epoch_record(), **weights_record}
-        if test_every_epoch:  # drawn from a saved state and restored: the run itself stays the same
-            saved = rng_state()
-            test_now, _ = evaluate_loader(model, test_loader, d, cfg.train.amp)
-            set_rng_state(saved)
-        rng = gather(rng_state(), d)
-        if d.main:
-            log.info("epoch %d: loss %.4f, val %s, %.1f clips/s", epoch + 1, record["train_loss"],
-                     format_metrics(val), record["clips_per_s"])
-            meta = {"epoch": epoch, "best": best, "val": val, "git_sha": git_sha(), "extractor_version": extractor}
-            payload = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta, "classes": list(model.classes),
-                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng}
-            # the epoch's lines before last.pt: a kill in between redoes the epoch, which writes the lines again
-            with open(run_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(json_safe(record)) + "\n")
-            if test_every_epoch:
-                with open(run_dir / TEST_BY_EPOCH, "a") as f:
-                    f.write(json.dumps(json_safe({"epoch": epoch, **test_now})) + "\n")
-            if improved:
-                save_checkpoint(best_path, {k: payload[k] for k in ("model", "config", "meta", "classes")})
-            save_checkpoint(last_path, payload)
-            for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
-                writer.add_scalar(key, record[key], epoch)
-        barrier(d)
+            save_checkpoint(run.best_path, {k: payload[k] for k in ("model", "config", "meta", "classes")})
+        save_checkpoint(run.last_path, payload)
+        for key in ("train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_macro_f1"):
+            run.writer.add_scalar(key, record[key], epoch)
+    barrier(d)
 
-    # -- test fold, touched only once training is complete
-    if end_epoch == cfg.train.epochs:
-        last_metrics, last_preds = evaluate_loader(model, test_loader, d, cfg.train.amp)
-        best_ckpt = read_checkpoint(best_path, "cpu")
-        load_weights(model, best_ckpt["model"], best_path)
-        best_metrics, best_preds = evaluate_loader(model, test_loader, d, cfg.train.amp)
-        results = {"last": {"epoch": end_epoch - 1, **last_metrics},
-                   "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics},
-                   "dataset": cfg.data.dataset, "classes": list(model.classes)}
-        if d.main:
-            atomic_write_text(run_dir / "test_metrics.json", json.dumps(json_safe(results), indent=2) + "\n")
-            atomic_write_text(run_dir / "test_predictions.csv", test_predictions(
-                cfg, store, run_dir, model.classes, {"best": best_preds, "last": last_preds}).to_csv(index=False))
-            log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
-                     format_metrics(results["best"]), format_metrics(results["last"]))
-        barrier(d)
-    if writer is not None:
-        writer.close()
-    return run_dir
+
+def test_fold(run: Run, end_epoch: int) -> None:
+    """The test fold with the last weights and with best.pt's: test_metrics.json, test_predictions.csv."""
+    cfg, d, model = run.cfg, run.d, run.model
+    last_metrics, last_preds = evaluate_loader(model, run.test_loader, d, cfg.train.amp)
+    best_ckpt = read_checkpoint(run.best_path, "cpu")
+    load_weights(model, best_ckpt["model"], run.best_path)
+    best_metrics, best_preds = evaluate_loader(model, run.test_loader, d, cfg.train.amp)
+    results = {"last": {"epoch": end_epoch - 1, **last_metrics},
+               "best": {"epoch": best_ckpt["meta"]["epoch"], **best_metrics},
+               "dataset": cfg.data.dataset, "classes": list(model.classes)}
+    if d.main:
+        atomic_write_text(run.run_dir / "test_metrics.json", json.dumps(json_safe(results), indent=2) + "\n")
+        atomic_write_text(run.run_dir / "test_predictions.csv", test_predictions(
+            cfg, run.store, run.run_dir, model.classes, {"best": best_preds, "last": last_preds}).to_csv(index=False))
+        log.info("test fold %d: best (epoch %d) %s | last %s", cfg.data.fold, results["best"]["epoch"] + 1,
+                 format_metrics(results["best"]), format_metrics(results["last"]))
+    barrier(d)
