@@ -8,7 +8,7 @@ elementwise operations are not.
 
     OMP_NUM_THREADS=1 python benchmarks/backbone_cost.py --frames 16 --seconds 5.12
 
-Prints a Markdown table (the README's encoder table takes its numbers from it).
+Prints a Markdown table (the encoder table of docs/encoders.md takes its numbers from it).
 """
 
 from __future__ import annotations

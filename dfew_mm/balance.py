@@ -5,7 +5,7 @@ A fused model trained on the fused loss alone lets its strongest branch win: a f
 CNN memorises a few hundred training clips long before a weak audio or pose branch has learned
 anything, and once the training loss is low there is no gradient left for the others. On the
 training clips a memorised face and a real cue look alike; only held-out clips tell them apart.
-The remedies that live here (measured in the README's ablation table):
+The remedies that live here (measured in the ablation table of docs/training.md):
 
 - **Unimodal auxiliary losses** (as in Gradient-Blending, Wang et al. CVPR 2020, with fixed
   weights): every modality's own head (dfew_mm.models.fusion.UnimodalHead) gets a cross-entropy

@@ -16,7 +16,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from dfew_mm.datasets import default_classes
 
@@ -30,6 +29,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     `n` (number of samples) and `classes_present` (number of classes occurring in y_true).
     `macro_f1` averages F1 over the classes present in y_true or y_pred.
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score  # local: 1.5 s to import
+
     classes = tuple(classes) if classes is not None else default_classes()
     labels = list(range(len(classes)))
     y_true = np.asarray(y_true, dtype=np.int64).ravel()

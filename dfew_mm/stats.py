@@ -43,7 +43,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import beta, binomtest
 
 N_BOOT = 2000  # resamples: Monte Carlo error of a 95% bound ≈ 0.06 standard errors of the metric
 LEVEL = 0.95  # confidence level of every interval
@@ -122,6 +121,8 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
     exact binomial p-value of a_only among a_only + b_only discordant clips under p = 0.5
     (scipy.stats.binomtest). p = 1 when there are no discordant clips.
     """
+    from scipy.stats import binomtest  # local: scipy.stats takes a second to import
+
     a = np.asarray(correct_a).astype(bool).ravel()
     b = np.asarray(correct_b).astype(bool).ravel()
     if a.shape != b.shape:
@@ -138,6 +139,8 @@ def proportion_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, fl
     The same Beta(k + 1/2, n - k + 1/2) as one class of `metric_intervals`, as exact quantiles, with
     the usual boundary rule: 0 right gives a lower bound of 0, all right an upper bound of 1.
     """
+    from scipy.stats import beta  # local: scipy.stats takes a second to import
+
     if n == 0:
         return math.nan, math.nan
     alpha = 1.0 - level

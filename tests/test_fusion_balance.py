@@ -93,7 +93,7 @@ test_uar.__test__ = False  # a helper, not a test
 def test_fused_model_finds_the_audio_cue(audio_store, tmp_path):
     """Fused video+pose+audio with the default recipe comes within 10 points of audio alone (test UAR,
     checkpoint chosen on validation), while its face path alone stays near chance (1/7). The recipe
-    before balanced training (transformer fusion alone) fails this: see the README's ablation."""
+    before balanced training (transformer fusion alone) fails this: see the ablation in docs/training.md."""
     from dfew_mm.evaluate import evaluate
 
     audio = test_uar(train_on_cue(audio_store, tmp_path / "audio", "audio"))

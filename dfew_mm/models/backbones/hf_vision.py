@@ -34,7 +34,7 @@ _DINOV2 = dict(mlp_ratio=4, image_size=518, patch_size=14, hidden_act="gelu", la
 _DINOV2_PROCESSOR = dict(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
                          resample=3, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
 
-# The checkpoints named in the README, for building offline without their files: the architecture keys
+# The checkpoints named in docs/encoders.md, for building offline without their files: the architecture keys
 # of each config.json (vision tower) and each preprocessor_config.json, as published on the hub.
 PUBLISHED = {
     "openai/clip-vit-base-patch16": hub.Published(

@@ -3,22 +3,67 @@
 Adding a modality is one file in this folder (an `Encoder` subclass with its config, store arrays,
 sample cutting and tokens) plus its line in ENCODERS; configs, the dataset, the embedding cache,
 evaluation and the CLI read everything else from the class.
+
+A registry line names the class ("module:Class") and the class is imported on first lookup, so that
+code which only needs the modality names (predictions files, the analysis) imports no network code
+(no torch, no transformers): the lazy name -> class tables of transformers' auto classes do the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from contextlib import contextmanager
-from typing import Collection, Iterator, Sequence
+from importlib import import_module
+from typing import TYPE_CHECKING, Collection, Iterator, Mapping, Sequence
 
 from dfew_mm.errors import ConfigError, StoreError
-from dfew_mm.models.encoders.audio import AudioEncoder
-from dfew_mm.models.encoders.base import Encoder
-from dfew_mm.models.encoders.blendshapes import BlendshapeEncoder
-from dfew_mm.models.encoders.pose import PoseEncoder
-from dfew_mm.models.encoders.video import VideoEncoder
 
-ENCODERS: dict[str, type[Encoder]] = {cls.name: cls for cls in (VideoEncoder, PoseEncoder, AudioEncoder,
-                                                                 BlendshapeEncoder)}
+if TYPE_CHECKING:
+    from dfew_mm.models.encoders.base import Encoder
+
+
+class EncoderRegistry(MutableMapping[str, "type[Encoder]"]):
+    """Modality name -> `Encoder` subclass, in registration order; entries given as "module:Class" are
+    imported when first looked up. Iterating, `len` and `in` read the names only."""
+
+    def __init__(self, entries: Mapping[str, str | type[Encoder]]):
+        self._entries: dict[str, str | type[Encoder]] = dict(entries)
+
+    def __getitem__(self, name: str) -> type[Encoder]:
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            entry = getattr(import_module(module), attr)
+            if entry.name != name:
+                raise TypeError(f"the registry lists {entry.__name__} as '{name}' but its name is '{entry.name}'")
+            self._entries[name] = entry
+        return entry
+
+    def __setitem__(self, name: str, cls: type[Encoder]) -> None:
+        self._entries[name] = cls
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"EncoderRegistry({', '.join(self._entries)})"
+
+
+ENCODERS = EncoderRegistry({
+    "video": "dfew_mm.models.encoders.video:VideoEncoder",
+    "pose": "dfew_mm.models.encoders.pose:PoseEncoder",
+    "audio": "dfew_mm.models.encoders.audio:AudioEncoder",
+    "blendshapes": "dfew_mm.models.encoders.blendshapes:BlendshapeEncoder",
+})
 
 
 @contextmanager
