@@ -2,7 +2,8 @@
 
 Input is a folder of prediction files written by `dfew_mm evaluate` (dfew_mm.predictions), one or
 more runs, folds, modality subsets and darkening strengths, all of one dataset: the class names and
-their order come from the files' probability columns (`classes_of`), never from this module. A *system* is a model configuration
+their order come from the files' probability columns (`classes_of`), never from this module.
+A *system* is a model configuration
 evaluated with a modality subset, labelled by that subset ("video", "video+pose", ...); the folds of
 a cross-validation pool into one system. Brightness of a clip is the mean luma of its face crops (`face_luma_mean`);
 for clips where no face was found it falls back to the whole-frame `luma_mean`, because those are
@@ -56,7 +57,8 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
         frame = upgrade_predictions(pd.read_csv(path, dtype={"clip_id": str}))
         missing = [c for c in prediction_columns(classes_of(frame)) if c not in frame.columns]
         if missing or not classes_of(frame):
-            raise DfewMMError(f"{path} lacks prediction columns {missing or ['prob_<class>']}; re-run `dfew_mm evaluate`")
+            raise DfewMMError(f"{path} lacks prediction columns {missing or ['prob_<class>']}; "
+                              "re-run `dfew_mm evaluate`")
         if classes is not None and classes_of(frame) != classes:
             raise DfewMMError(f"{path} predicts the classes {', '.join(classes_of(frame))}, the other files of "
                               f"{folder} {', '.join(classes)}: analyse one dataset's predictions per folder")

@@ -144,8 +144,8 @@ def _add_synth(sub) -> None:
     from dfew_mm.synth import SynthConfig
 
     defaults = SynthConfig()
-    p = _parser(sub, "synth", "Write a synthetic dataset in a dataset's exact layout (H.264 + AAC clips or face frames, "
-                "split files).",
+    p = _parser(sub, "synth", "Write a synthetic dataset in a dataset's exact layout (H.264 + AAC clips or face "
+                "frames, split files).",
                 "dfew_mm synth --out /tmp/synth --clips 60",
                 "dfew_mm synth --dataset mafw --out /tmp/mafw --clips 66",
                 "dfew_mm synth --dataset ferv39k --out /tmp/ferv39k --clips 35",
@@ -279,7 +279,8 @@ def _add_extract(sub) -> None:
                 "dfew_mm extract --dataset ferv39k --root /data/FERV39k --out features_ferv39k   # its face frames",
                 "dfew_mm extract --dfew-root /data/DFEW --out features_dark0.5 --split test --fold 1 --darken 0.5")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--root", type=Path, help="the --dataset copy (its layout: docs/datasets.md); ids are its store ids")
+    src.add_argument("--root", type=Path,
+                     help="the --dataset copy (its layout: docs/datasets.md); ids are its store ids")
     src.add_argument("--dfew-root", type=Path,
                      help="DFEW root with Clip/original/<id>.mp4 and/or face frames (ids become '42')")
     src.add_argument("--clips-dir", type=Path, help="any folder of videos (ids are the file stems)")

@@ -104,7 +104,7 @@ class SynthConfig:
     dark_noise: float = 7.0  # sensor noise std in 0..255 after the gain
     # modalities whose cue shows the label (a subset of CUES); the others show a random class per clip
     cues: tuple[str, ...] = CUES
-    face_frames: bool = False  # also write the dataset's face frame folders (DFEW: Clip/clip_224x224[_16f]/<id>/<n>.jpg)
+    face_frames: bool = False  # also write its face frame folders (DFEW: Clip/clip_224x224[_16f]/<id>/<n>.jpg)
     originals: bool = True  # write the original clips (False: face frames and split files only)
     dataset: str = DEFAULT_DATASET  # whose layout, classes and protocol (dfew_mm.datasets)
 

@@ -78,7 +78,7 @@ def test_a_clip_in_no_split_of_a_fold_is_an_error(tmp_path, capsys):
     root = _mafw_splits(tmp_path, "1.mp4 anger\n2.mp4 fear\n", "3.mp4 neutral\n")
     (root / "Train & Test Set/single/no_caption/set_4/test.txt").write_text("")  # clip 3 left out of fold 4
     with pytest.raises(DatasetError, match=r"fold 4: 1 clips of other folds are in no split of fold 4 \(e.g. clip 3, "
-                                           r"listed in .*set_1/test.txt\)"):
+                                           r"listed in .*set_1/test.txt, line 1\)"):
         open_dataset("mafw", root).load_folds()
     assert main(["folds", "--dataset", "mafw", "--root", str(root)]) == 2
     assert _error_line(capsys.readouterr().err).startswith("error: fold 4")

@@ -47,7 +47,7 @@ class Fold:
     """One fold of a protocol. Frames are indexed by clip id with a 0-based `label` column."""
 
     k: int
-    train: pd.DataFrame
+    train: pd.DataFrame  # clip id -> label (0-based), line (in its split file)
     test: pd.DataFrame
 
 
@@ -115,11 +115,13 @@ def clip_ids(path: Path, lines: Sequence[int], names: Sequence[str], clip_id) ->
 
 
 def split_frame(path: Path, lines: Sequence[int], ids: Sequence[object], labels: Sequence[int]) -> pd.DataFrame:
-    """A split file's rows as a frame indexed by clip id with a 0-based `label`; a clip listed twice is an error."""
+    """A split file's rows as a frame indexed by clip id with a 0-based `label` and the `line` it is on; a clip
+    listed twice is an error."""
     import numpy as np
     import pandas as pd
 
-    frame = pd.DataFrame({"clip_id": list(ids), "label": np.asarray(labels, dtype=np.int64)})
+    frame = pd.DataFrame({"clip_id": list(ids), "label": np.asarray(labels, dtype=np.int64),
+                          "line": np.asarray(lines, dtype=np.int64)})
     twice = frame["clip_id"].duplicated(keep=False)
     if twice.any():
         dup = frame.loc[twice, "clip_id"]
@@ -262,11 +264,12 @@ class Dataset:
             absent = sorted(everyone - listed[fold.k], key=natural_key)
             if absent:
                 where = next(f for f in folds if absent[0] in listed[f.k])
-                part = "train" if absent[0] in where.train.index else "test"
+                part, frame = ("train", where.train) if absent[0] in where.train.index else ("test", where.test)
                 raise DatasetError(
                     f"fold {fold.k}: {len(absent)} clips of other folds are in no split of fold {fold.k} "
-                    f"(e.g. clip {absent[0]}, listed in {self.splits_base() / self.split_path(where.k, part)}); "
-                    f"every fold of {self.title}'s {self.protocol()} lists the same clips")
+                    f"(e.g. clip {absent[0]}, listed in {self.splits_base() / self.split_path(where.k, part)}, "
+                    f"line {frame.at[absent[0], 'line']}); every fold of {self.title}'s {self.protocol()} lists the "
+                    "same clips")
         return folds
 
     # -- clips and frames on disk ------------------------------------------------------------------

@@ -83,8 +83,8 @@ def read_split_csv(path: Path) -> pd.DataFrame:
     ids = clip_ids(path, [n for n, _ in rows], [fields[0] for _, fields in rows], normalise_clip_id)
     bad = [(n, fields) for n, fields in rows if not (is_clip_number(fields[1]) and 1 <= int(fields[1]) <= NUM_CLASSES)]
     if bad:
-        raise bad_lines(path, f"labels outside 1..{NUM_CLASSES}", [n for n, _ in bad],
-                        [f"{f[0]},{f[1]}" for _, f in bad], f"DFEW's labels are 1..{NUM_CLASSES} ({', '.join(CLASSES)})")
+        raise bad_lines(path, f"labels outside 1..{NUM_CLASSES}", [n for n, _ in bad], [f"{f[0]},{f[1]}" for _, f in bad],
+                        f"DFEW's labels are 1..{NUM_CLASSES} ({', '.join(CLASSES)})")
     return split_frame(path, [n for n, _ in rows], ids, [int(fields[1]) - 1 for _, fields in rows])
 
 

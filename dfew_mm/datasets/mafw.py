@@ -11,10 +11,10 @@ on set_k/test.txt; UAR and WAR per fold, mean over the 5 folds.
 Sources: Liu et al., "MAFW: A Large-scale, Multi-modal, Compound Affective Database for Dynamic Facial
 Expression Recognition in the Wild", ACM MM 2022 (https://mafw-database.github.io/MAFW): 10,045
 clips, the 11 single-expression classes in this order; the single-expression set holds 9,172 clips
-(fold 1: 7,333 train, 1,839 test in the lists MAE-DFER ships, saved/data/mafw/single/split01). Split files and class order as read by
-sunlicai/HiCMAE preprocess/mafw_av.py (`Train & Test Set/single/no_caption/set_{k}/{train,test}.txt`,
-clips in `data/clips`, audio from the clips) and sunlicai/MAE-DFER preprocess/mafw.py (the same files
-under `split/single/no_caption`).
+(fold 1: 7,333 train, 1,839 test in the lists MAE-DFER ships, saved/data/mafw/single/split01). Split
+files and class order as read by sunlicai/HiCMAE preprocess/mafw_av.py (`Train & Test
+Set/single/no_caption/set_{k}/{train,test}.txt`, clips in `data/clips`, audio from the clips) and
+sunlicai/MAE-DFER preprocess/mafw.py (the same files under `split/single/no_caption`).
 """
 
 from __future__ import annotations
