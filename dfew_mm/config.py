@@ -52,8 +52,9 @@ class DataConfig:
     num_workers: int = 8  # DataLoader worker processes
     allow_missing: bool = False  # exclude split clips missing from the store instead of failing
     embedding_cache: str = ""  # frozen-backbone embeddings from `dfew_mm embed`
-    # training-time augmentation, each modality's own (model.<name> holds its settings); never in evaluation
-    augment: bool = False
+    # training-time augmentation, each modality's own (model.<name>.aug and model.audio's masks hold its
+    # settings; docs/augmentation.md has the ablation behind the default); never in evaluation
+    augment: bool = True
     hflip: float = 0.5  # chance of mirroring a training clip: faces, pose and blendshapes together
 
 

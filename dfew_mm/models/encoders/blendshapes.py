@@ -65,13 +65,13 @@ class BlendshapeEncoder(Encoder):
 
     @classmethod
     def augment(cls, cfg: BlendshapeEncoderConfig, part: dict, aug: Augmentation) -> dict:
-        """The clip's flip and score jitter on the valid frames; the others stay zeros."""
-        scores, valid = part["blendshapes"], part["blendshapes_mask"]  # (T, 52), (T,)
-        out = scores[:, MIRROR] if aug.flip else scores.clone()
+        """The clip's flip and score jitter on the valid frames; the others stay zeros (numpy, as pose)."""
+        scores, valid = part["blendshapes"].numpy(), part["blendshapes_mask"].numpy()  # (T, 52), (T,)
+        out = scores[:, MIRROR] if aug.flip else scores
         if cfg.aug.jitter:
-            noise = aug.rng.standard_normal(scores.shape, dtype=np.float32) * cfg.aug.jitter
-            out = (out + torch.from_numpy(noise)).clamp_(0.0, 1.0)
-        return {**part, "blendshapes": torch.where(valid[:, None], out, scores)}
+            noise = aug.rng.standard_normal(scores.shape, dtype=np.float32) * np.float32(cfg.aug.jitter)
+            out = np.clip(out + noise, 0.0, 1.0)
+        return {**part, "blendshapes": torch.from_numpy(np.where(valid[:, None], out, scores))}
 
     def __init__(self, cfg: BlendshapeEncoderConfig):
         super().__init__(cfg)

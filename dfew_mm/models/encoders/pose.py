@@ -71,17 +71,18 @@ class PoseEncoder(Encoder):
 
     @classmethod
     def augment(cls, cfg: PoseEncoderConfig, part: dict, aug: Augmentation) -> dict:
-        """The clip's flip and landmark jitter on the frames with a body; the others stay zeros."""
-        pose, valid = part["pose"], part["pose_mask"]  # (T, 33, 4), (T,)
-        out = pose.clone()
-        if aug.flip:  # the mirror image: x -> 1 - x, and the left landmarks become the right ones
-            out = out[:, MIRROR]
+        """The clip's flip and landmark jitter on the frames with a body; the others stay zeros. In numpy:
+        on arrays this small, each torch call costs more than the arithmetic."""
+        pose, valid = part["pose"].numpy(), part["pose_mask"].numpy()  # (T, 33, 4), (T,)
+        out = pose[:, MIRROR] if aug.flip else pose.copy()
+        if aug.flip:  # the mirror image: x -> 1 - x, and the left landmarks became the right ones
             out[..., 0] = 1.0 - out[..., 0]
         if cfg.aug.jitter:
-            width = (pose[:, LEFT_SHOULDER, :2] - pose[:, RIGHT_SHOULDER, :2]).norm(dim=-1)  # (T,) image units
-            noise = torch.from_numpy(aug.rng.standard_normal((len(pose), N_POSE_LANDMARKS, 3), dtype=np.float32))
-            out[..., :3] += noise * (cfg.aug.jitter * width.clamp_min(MIN_SHOULDER_WIDTH))[:, None, None]
-        return {**part, "pose": torch.where(valid[:, None, None], out, pose)}
+            width = np.linalg.norm(pose[:, LEFT_SHOULDER, :2] - pose[:, RIGHT_SHOULDER, :2], axis=-1)  # (T,)
+            scale = (cfg.aug.jitter * np.maximum(width, MIN_SHOULDER_WIDTH)).astype(np.float32)  # image units
+            noise = aug.rng.standard_normal((len(pose), N_POSE_LANDMARKS, 3), dtype=np.float32)
+            out[..., :3] += noise * scale[:, None, None]
+        return {**part, "pose": torch.from_numpy(np.where(valid[:, None, None], out, pose))}
 
     def __init__(self, cfg: PoseEncoderConfig):
         super().__init__(cfg)

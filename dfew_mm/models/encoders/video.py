@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from dfew_mm.constants import LUMA_WEIGHTS
 from dfew_mm.errors import ConfigError, StoreError
+from dfew_mm.lowlight import darken
 from dfew_mm.models.backbones import VisionSpec, build_vision_backbone, vision_family, vision_spec
 from dfew_mm.models.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
-from dfew_mm.lowlight import darken
 from dfew_mm.models.encoders.base import (REEXTRACT, Augmentation, BackboneConfig, Encoder, Frames, Tokens,
                                           check_tuning)
 
@@ -114,7 +114,7 @@ def augment_faces(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     (outside the image: black, as torchvision's rotation fills); then ColorJitter's blends: brightness
     scales, contrast blends with the image's mean grey, saturation with its own greyscale.
     """
-    cx, cy, half_w, half_h, mirror, angle, brightness, contrast, saturation = params.float().unbind(1)  # (N,) each
+    cx, cy, half_w, half_h, mirror, angle, brightness, contrast, saturation = params.float().unbind(1)  # AUG_PARAMS
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([cos * half_w * mirror, -sin * half_h, cx], 1),
                          torch.stack([sin * half_w * mirror, cos * half_h, cy], 1)], 1)  # (N, 2, 3)
