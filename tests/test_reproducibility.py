@@ -250,8 +250,10 @@ def test_the_demo_twice_with_one_seed_gives_the_same_results(demo_run, assets_di
 
     from dfew_mm.cli import main
 
+    from conftest import DEMO_THREADS, torch_threads
+
     first, second = demo_run["out"], tmp_path / "demo"
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), torch_threads(DEMO_THREADS):
         assert main(["demo", "--out", str(second), "--assets-dir", str(assets_dir), "--clips", "35",
                      "--epochs", "2", "--seed", "0"]) == 0
     for name in ("summary.csv", "darkening.csv"):
