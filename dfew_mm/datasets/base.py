@@ -155,6 +155,19 @@ def class_indices(path: Path, title: str, classes: Sequence[str], lines: Sequenc
 
 
 # -- the protocol ---------------------------------------------------------------------------------
+def read_name_class_split(path: Path, title: str, classes: Sequence[str], clip_id, line_form: str) -> pd.DataFrame:
+    """A split file of whitespace-separated '<clip name> <class name>' lines (MAFW's and FERV39k's form)."""
+    rows = read_fields(path, None)
+    short = [(n, f) for n, f in rows if len(f) < 2]
+    if short:
+        raise bad_lines(path, "lines without a class", [n for n, _ in short], [" ".join(f) for _, f in short],
+                        f"each line is '{line_form}'")
+    lines = [n for n, _ in rows]
+    ids = clip_ids(path, lines, [f[0] for _, f in rows], clip_id)
+    labels = class_indices(path, title, classes, lines, [f[1] for _, f in rows], [f[0] for _, f in rows])
+    return split_frame(path, lines, ids, labels)
+
+
 class Dataset:
     """Base of every dataset; see the module docstring for the protocol."""
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from dfew_mm.datasets.base import Dataset, SynthClip, bad_lines, class_indices, clip_ids, read_fields, split_frame
+from dfew_mm.datasets.base import Dataset, SynthClip, read_name_class_split
 from dfew_mm.datasets.frame_folders import FrameFolders
 from dfew_mm.errors import DatasetError
 
@@ -55,15 +55,7 @@ class Ferv39k(Dataset):
         return Path(f"{part}_All.csv")
 
     def read_split(self, path: Path) -> pd.DataFrame:
-        rows = read_fields(path, None)
-        short = [(n, f) for n, f in rows if len(f) < 2]
-        if short:
-            raise bad_lines(path, "lines without a class", [n for n, _ in short], [" ".join(f) for _, f in short],
-                            "each line is '<scene>/<class>/<clip> <Class>'")
-        lines = [n for n, _ in rows]
-        ids = clip_ids(path, lines, [f[0] for _, f in rows], self.clip_id)
-        labels = class_indices(path, self.title, self.classes, lines, [f[1] for _, f in rows], [f[0] for _, f in rows])
-        return split_frame(path, lines, ids, labels)
+        return read_name_class_split(path, self.title, self.classes, self.clip_id, "<scene>/<class>/<clip> <Class>")
 
     def clip_id(self, raw: object, where: str) -> str:
         parts = [p for p in str(raw).strip().replace("\\", "/").split("/") if p]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from dfew_mm.datasets.base import Dataset, SynthClip, bad_lines, class_indices, clip_ids, read_fields, split_frame
+from dfew_mm.datasets.base import Dataset, SynthClip, read_name_class_split
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,15 +54,7 @@ class Mafw(Dataset):
         return Path(f"set_{k}") / f"{part}.txt"
 
     def read_split(self, path: Path) -> pd.DataFrame:
-        rows = read_fields(path, None)
-        short = [(n, f) for n, f in rows if len(f) < 2]
-        if short:
-            raise bad_lines(path, "lines without a class", [n for n, _ in short], [" ".join(f) for _, f in short],
-                            "each line is '<id>.mp4 <class>'")
-        lines = [n for n, _ in rows]
-        ids = clip_ids(path, lines, [f[0] for _, f in rows], self.clip_id)
-        labels = class_indices(path, self.title, self.classes, lines, [f[1] for _, f in rows], [f[0] for _, f in rows])
-        return split_frame(path, lines, ids, labels)
+        return read_name_class_split(path, self.title, self.classes, self.clip_id, "<id>.mp4 <class>")
 
     def format_split(self, rows: Sequence[tuple[str, int]]) -> str:
         return "".join(f"{name} {self.classes[label]}\n" for name, label in rows)
