@@ -178,6 +178,44 @@ def test_audio_settings_are_checked(override, expected):
         load_config("tiny", [override])
 
 
-def test_fbank_cnn_depth_is_checked():
+def test_fbank_cnn_settings_are_checked():
     with pytest.raises(ConfigError, match="num_layers=1"):
         AudioEncoder(dataclasses.replace(audio_cfg("fbank_cnn"), num_layers=1))
+    with pytest.raises(ConfigError, match="arch_kwargs.lstm: fbank_cnn takes gru"):
+        AudioEncoder(dataclasses.replace(audio_cfg("fbank_cnn"), arch_kwargs={"lstm": True}))
+
+
+@pytest.mark.parametrize("gru", [True, False])
+def test_fbank_cnn_tokens_ignore_what_follows_the_clip(gru):
+    """Garbage after a clip's end changes none of its valid tokens."""
+    enc = AudioEncoder(dataclasses.replace(audio_cfg("fbank_cnn"), arch_kwargs={"gru": gru})).eval()
+    assert (enc.backbone.gru is not None) == gru
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(2, 160, 128, generator=g) * 4 - 4
+    mask = torch.ones(2, 160, dtype=torch.bool)
+    mask[0, 96:] = False  # clip 0 ends at 0.96 s, on a step boundary of the network
+    noisy = audio + 20.0 * torch.randn(2, 160, 128, generator=g) * ~mask.unsqueeze(-1)
+    with torch.no_grad():
+        a, valid, _ = enc(audio, mask)
+        b, _, _ = enc(noisy, mask)
+    assert valid[0, :3].all() and not valid[0, -1]
+    assert torch.allclose(a[valid], b[valid], atol=1e-5)
+
+
+def test_fbank_cnn_gru_runs_over_the_real_steps_only():
+    """A 0.96 s clip in a 0.96 s window and in a 1.6 s window (padded): the GRU's outputs over the clip's steps
+    agree, so its backward direction starts at the clip's end, not at the window's."""
+    short = AudioEncoder(dataclasses.replace(audio_cfg("fbank_cnn"), max_length=96)).eval()
+    long = AudioEncoder(dataclasses.replace(audio_cfg("fbank_cnn"), max_length=160)).eval()
+    long.load_state_dict(short.state_dict())
+    outputs = []
+    for enc in (short, long):
+        enc.backbone.gru.register_forward_hook(lambda module, args, out: outputs.append(
+            torch.nn.utils.rnn.pad_packed_sequence(out[0], batch_first=True)[0]))
+    clip = torch.randn(1, 96, 128, generator=torch.Generator().manual_seed(1)) * 4 - 4
+    with torch.no_grad():
+        short(clip, torch.ones(1, 96, dtype=torch.bool))
+        long(torch.cat([clip, torch.zeros(1, 64, 128)], 1), torch.arange(160).unsqueeze(0) < 96)
+    steps = 96 >> short.cfg.num_layers  # each block halves time
+    assert outputs[0].shape == outputs[1].shape == (1, steps, short.output_dim)
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)

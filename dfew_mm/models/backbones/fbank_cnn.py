@@ -8,7 +8,9 @@ rather than max pooling: on a CPU it costs a fraction as much); the channels dou
 per block up to `model.audio.hidden_size` in the last one. The first block is the stem, the
 others are the `blocks()` that `freeze: last_blocks` counts. Each remaining time step keeps its
 frequency layout (flattened, then projected to hidden_size), so where in the spectrum energy
-sits (pitch, formants) still reaches the tokens. The window is `model.audio.max_length` frames
+sits (pitch, formants) still reaches the tokens. A bidirectional GRU over those steps
+(`model.audio.arch_kwargs.gru`, on by default) adds context beyond the convolutions' 0.3 s:
+prosody and tempo, which carry much of vocal emotion. The window is `model.audio.max_length` frames
 (padded or cropped, as for AST); the steps are pooled into the encoder's time tokens over the
 steps that hold real audio. There are no published weights: `model.audio.checkpoint` may name
 a state dict of this network trained elsewhere.
@@ -29,6 +31,7 @@ from dfew_mm.models.backbones.base import (SpeechBackbone, SpeechSpec, load_stat
 
 log = logging.getLogger(__name__)
 KEY = "model.audio"
+ARCH_KWARGS = {"gru": True}  # model.audio.arch_kwargs of fbank_cnn, with their defaults
 MIN_CHANNELS = 8  # the first blocks' width when hidden_size / 2^(num_layers - 1) would be smaller
 
 
@@ -54,11 +57,16 @@ class FbankCNNBackbone(SpeechBackbone):
         if not 2 <= cfg.num_layers < N_MELS.bit_length():
             raise ConfigError(f"{KEY}.num_layers={cfg.num_layers}: fbank_cnn has a stem and at least one block, and "
                               f"halves the {N_MELS} bins in each, so 2..{N_MELS.bit_length() - 1} fit")
+        unknown = sorted(set(cfg.arch_kwargs) - set(ARCH_KWARGS))
+        if unknown:
+            raise ConfigError(f"{KEY}.arch_kwargs.{unknown[0]}: fbank_cnn takes {', '.join(ARCH_KWARGS)}")
         widths = channels(cfg.hidden_size, cfg.num_layers)
         self.stem = ConvBlock(1, widths[0])
         self.layers = nn.ModuleList(ConvBlock(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.n_freq = N_MELS >> cfg.num_layers  # bins left after the poolings
         self.project = nn.Sequential(nn.Linear(widths[-1] * self.n_freq, cfg.hidden_size), nn.ReLU(inplace=True))
+        self.gru = (nn.GRU(cfg.hidden_size, cfg.hidden_size // 2, batch_first=True, bidirectional=True)
+                    if cfg.arch_kwargs.get("gru", ARCH_KWARGS["gru"]) else None)
         self.output_dim = cfg.hidden_size
         self.spec = self.spec_for(cfg)
         self.register_buffer("fbank_mean", torch.tensor(self.spec.mean), persistent=False)
@@ -92,6 +100,11 @@ class FbankCNNBackbone(SpeechBackbone):
         b, c, t = x.shape[:3]
         x = self.project(x.permute(0, 2, 1, 3).reshape(b, t, c * self.n_freq))  # (B, T', D)
         steps = F.adaptive_avg_pool1d(valid.unsqueeze(1), t).squeeze(1) >= 0.5  # (B, T') mostly real audio
+        if self.gru is not None:  # over the real steps only (they come first); padding keeps its features
+            lengths = steps.sum(1).clamp_min(1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            context, _ = self.gru(packed)
+            x = x + nn.utils.rnn.pad_packed_sequence(context, batch_first=True, total_length=t)[0]  # (B, T', D)
         return masked_pool(x, steps, n_tokens)  # (B, n_tokens, D), (B, n_tokens)
 
     def load_pretrained(self, cfg) -> None:
