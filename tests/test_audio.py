@@ -159,6 +159,12 @@ def test_utterance_normalisation_removes_level_and_spectral_colour():
     louder = (fbank.astype(np.float32) + 3.0 + np.linspace(0, 2, 128)).astype(np.float32)  # gain and tilt
     assert np.allclose(normalise_utterance(louder), out, atol=1e-2)
     assert normalise_utterance(np.zeros((0, 128), np.float16)).shape == (0, 128)
+    # level: one mean and std for the clip; a gain goes, the spectral shape (here a tilt) stays
+    level = normalise_utterance(fbank, per_bin=False)
+    assert np.isclose(level.mean(), AST_FBANK_MEAN, atol=1e-3) and np.isclose(level.std(), AST_FBANK_STD, atol=1e-2)
+    assert np.allclose(normalise_utterance(fbank.astype(np.float32) + 3.0, per_bin=False), level, atol=1e-2)
+    tilted = normalise_utterance(louder, per_bin=False)
+    assert tilted[:, -8:].mean() - tilted[:, :8].mean() > level[:, -8:].mean() - level[:, :8].mean() + 1.0
 
 
 def test_utterance_normalisation_in_samples(store):
@@ -169,7 +175,7 @@ def test_utterance_normalisation_in_samples(store):
 
 @pytest.mark.parametrize("override,expected", [
     ("model.audio.eval_window=whole", "first, centre, clip"),
-    ("model.audio.normalise=speaker", "dataset, utterance"),
+    ("model.audio.normalise=speaker", "dataset, utterance, level"),
     ("model.audio.eval_windows=0", "eval_windows"),
     ("model.audio.freq_mask_width=200", "freq_mask_width"),
 ])

@@ -35,7 +35,7 @@ from dfew_mm.models.encoders.base import Augmentation, BackboneConfig, Encoder, 
 
 MIN_COVERAGE = 0.5  # share of a token's span that must hold real audio for the token to count
 EVAL_WINDOWS = ("first", "centre", "clip")
-NORMALISATIONS = ("dataset", "utterance")
+NORMALISATIONS = ("dataset", "utterance", "level")
 MIN_BIN_STD = 0.1  # log-mel units: a bin that hardly moves over the clip is centred, not blown up
 LEGACY_PREFIX, PREFIX = "ast.", "backbone.model."  # AST weights before the speech registry / now
 ADD_WAVEFORM = "python preprocess/extract.py --add-waveform --dfew-root ROOT --out STORE"
@@ -60,7 +60,9 @@ class AudioEncoderConfig(BackboneConfig):
     # clip: eval_windows windows spread evenly over the clip, whose tokens the heads pool together
     eval_window: str = "first"
     eval_windows: int = 3
-    normalise: str = "dataset"  # filterbank: dataset (the backbone's own scaling only) | utterance (per clip, per bin)
+    # filterbank: dataset (the backbone's own scaling only) | utterance (per clip and mel bin) | level (per clip,
+    # one mean and std over all bins: the loudness goes, the spectral shape stays)
+    normalise: str = "dataset"
     # training-time augmentation (data.augment): SpecAugment masks of up to *_width frames / bins each
     time_masks: int = 2
     time_mask_width: int = 20
@@ -84,13 +86,15 @@ def window_starts(n_frames: int, n_out: int, rng: np.random.Generator | None, ho
     return np.array([0])
 
 
-def normalise_utterance(fbank: np.ndarray) -> np.ndarray:
-    """(F, 128) -> the same, each bin standardised over the clip, then at the AudioSet mean and std."""
+def normalise_utterance(fbank: np.ndarray, per_bin: bool = True) -> np.ndarray:
+    """(F, 128) -> the same standardised over the clip (each bin alone, or all bins together), then at the
+    AudioSet mean and std."""
     x = fbank.astype(np.float32)
     if not len(x):
         return x
-    std = np.maximum(x.std(0), MIN_BIN_STD)  # (128,)
-    return (x - x.mean(0)) / std * AST_FBANK_STD + AST_FBANK_MEAN
+    axis = 0 if per_bin else None
+    std = np.maximum(x.std(axis), MIN_BIN_STD)  # (128,) or ()
+    return (x - x.mean(axis)) / std * AST_FBANK_STD + AST_FBANK_MEAN
 
 
 def crop_audio(fbank: np.ndarray, n_out: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -180,8 +184,8 @@ class AudioEncoder(Encoder):
         evaluation K = eval_windows windows: audio (K, F, 128), audio_mask (K, F), audio_start (K,), the
         waveform (K, F x 160); windows a short clip does not fill are repeats, masked out."""
         fbank, n = arrays["audio"], frames.data.audio_frames
-        if cfg.normalise == "utterance":
-            fbank = normalise_utterance(fbank)
+        if cfg.normalise != "dataset":
+            fbank = normalise_utterance(fbank, per_bin=cfg.normalise == "utterance")
         starts = window_starts(len(fbank), n, frames.rng, cfg.eval_window, cfg.eval_windows)
         windows = [crop_audio(fbank, n, int(start)) for start in starts]
         waves = ([crop_waveform(arrays[WAVEFORM_ARRAY], int(start), n) for start in starts]
