@@ -24,6 +24,9 @@ from dfew_mm.models.encoders.base import Augmentation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WINDOW = 100  # data.audio_frames of these tests; the store's clips hold 150 frames, clip 3 only 60
+# The settings these tests start from, whatever tiny ships: the first window, no normalisation, SpecAugment on
+PINNED = ["model.audio.eval_window=first", "model.audio.normalise=dataset", "model.audio.time_masks=2",
+          "model.audio.freq_masks=2"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def store(tmp_path_factory):
 def dataset(store, train: bool, ids=("1", "2"), seed: int = 1, **over) -> ClipDataset:
     dfew, path = store
     cfg = load_config("tiny", [f"data.store={path}", f"data.dfew_root={dfew}", "data.face_size=32", "data.frames=4",
-                               f"data.audio_frames={WINDOW}", "model.audio.max_length=112",
+                               f"data.audio_frames={WINDOW}", "model.audio.max_length=112", *PINNED,
                                *[f"{k}={v}" for k, v in over.items()]])
     return ClipDataset(FeatureStore(path), list(ids), [0] * len(ids), cfg.data, ["audio"], train=train, seed=seed,
                        model_cfg=cfg.model)

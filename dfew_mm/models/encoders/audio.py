@@ -57,8 +57,9 @@ class AudioEncoderConfig(BackboneConfig):
     max_length: int = 512
     tokens_per_second: float = 4.0  # encoder outputs are pooled to this rate for fusion
     # evaluation (validation, evaluate, predict, embed): first | centre window of data.audio_frames, or
-    # clip: eval_windows windows spread evenly over the clip, whose tokens the heads pool together
-    eval_window: str = "first"
+    # clip: eval_windows windows spread evenly over the clip, whose tokens the heads pool together (measured on
+    # real speech: docs/audio.md)
+    eval_window: str = "clip"
     eval_windows: int = 3
     # filterbank: dataset (the backbone's own scaling only) | utterance (per clip and mel bin) | level (per clip,
     # one mean and std over all bins: the loudness goes, the spectral shape stays)
