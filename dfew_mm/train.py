@@ -112,6 +112,13 @@ def evaluate_loader(model: EmotionModel, loader: DataLoader, d: Dist, amp: bool)
     return classification_metrics(preds.labels, preds.preds, model.classes), preds
 
 
+def mean_nll(preds: Predictions) -> float:
+    """Mean cross-entropy (nats) of the predictions against their labels; inf without clips."""
+    if not len(preds.labels):
+        return math.inf
+    return float(torch.nn.functional.cross_entropy(torch.from_numpy(preds.logits), torch.from_numpy(preds.labels)))
+
+
 def test_predictions(cfg: ExperimentConfig, store: FeatureStore, run_dir: Path, classes: tuple[str, ...],
                      by_checkpoint: dict[str, Predictions]) -> pd.DataFrame:
     """The test fold's per-clip predictions of each checkpoint, in the `dfew_mm evaluate` file format."""
@@ -401,13 +408,17 @@ def validate_and_save(run: Run, epoch: int, seen: int, loss_sum: float, train_s:
     totals = gather((seen, loss_sum), d)
     seen_all = sum(s for s, _ in totals)
     weights_record = fit_member_weights(model, run.val_loader, d, cfg.train.amp)
-    val, _ = evaluate_loader(model, run.val_loader, d, cfg.train.amp)
-    improved = run.best["epoch"] < 0 or val["uar"] > run.best["uar"]
+    val, val_preds = evaluate_loader(model, run.val_loader, d, cfg.train.amp)
+    val["nll"] = mean_nll(val_preds)
+    # a tie in UAR (frequent on a small validation split, e.g. several epochs at 1.0) goes to the lower
+    # cross-entropy, not to the earliest epoch; checkpoints from before the tie-break carry no "nll"
+    improved = (run.best["epoch"] < 0 or val["uar"] > run.best["uar"]
+                or (val["uar"] == run.best["uar"] and val["nll"] < run.best.get("nll", math.inf)))
     if improved:
-        run.best = {"uar": val["uar"], "epoch": epoch}
+        run.best = {"uar": val["uar"], "epoch": epoch, "nll": val["nll"]}
     record = {"epoch": epoch, "train_loss": sum(ls for _, ls in totals) / max(seen_all, 1),
               "lr": run.opt.param_groups[-1]["lr"], "clips_per_s": seen_all / train_s, "nan_skipped": skipped,
-              "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"],
+              "val_uar": val["uar"], "val_war": val["war"], "val_macro_f1": val["macro_f1"], "val_nll": val["nll"],
               "best_epoch": run.best["epoch"],
               **run.balance.epoch_record(), **weights_record}
     if test_every_epoch:  # drawn from a saved state and restored: the run itself stays the same

@@ -25,6 +25,9 @@ SUBSETS = [list(c) for r in (1, 2, 3) for c in itertools.combinations(("video", 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+AST = {"model.audio.arch": "ast", "model.audio.num_layers": 2}  # tiny's earlier audio transformer
+
+
 def small_model_config(modalities=("video", "pose", "audio"), **over) -> ModelConfig:
     overrides = [f"model.modalities=[{','.join(modalities)}]", "model.audio.max_length=160", "data.audio_frames=150",
                  "model.video.input_size=0", *[f"{k}={v}" for k, v in over.items()]]
@@ -168,7 +171,7 @@ def test_ast_position_embeddings_are_cropped_or_interpolated():
 def test_audio_weights_load_from_a_local_checkpoint(tmp_path):
     from transformers import ASTModel
 
-    cfg = small_model_config().audio
+    cfg = small_model_config(**AST).audio
     long_cfg = ast_config(cfg)
     long_cfg.max_length = 1024  # like the AudioSet checkpoint
     ASTModel(long_cfg).save_pretrained(tmp_path / "ast")
@@ -187,7 +190,7 @@ def test_audio_weights_load_from_a_local_checkpoint(tmp_path):
 
 def test_audio_download_failure_says_how_to_work_offline(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # fail fast, like a machine offline
-    cfg = small_model_config().audio
+    cfg = small_model_config(**AST).audio
     cfg.pretrained, cfg.checkpoint = True, "no-such-org/no-such-ast-model"
     with pytest.raises(AssetError, match="pretrained=false"):
         AudioEncoder(cfg).load_pretrained(cfg)

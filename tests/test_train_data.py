@@ -37,8 +37,9 @@ def test_samples_and_batches_follow_the_contract(small_store):
     assert batch["video"].shape == (2, 6, 3, 32, 32) and batch["video"].dtype == torch.uint8
     assert batch["video_mask"].shape == batch["pose_mask"].shape == batch["frame_time"].shape == (2, 6)
     assert batch["pose"].shape == (2, 6, 33, 4) and batch["pose"].dtype == torch.float32
-    assert batch["audio"].shape == (2, 120, 128) and batch["audio_mask"].shape == (2, 120)
-    assert not batch["audio_mask"][0].any() and batch["audio_mask"][1].all()  # clip 7 has no audio
+    # evaluation reads the whole clip (model.audio.eval_window: clip): 3 windows of 120 frames
+    assert batch["audio"].shape == (2, 3, 120, 128) and batch["audio_mask"].shape == (2, 3, 120)
+    assert not batch["audio_mask"][0].any() and batch["audio_mask"][1, 0].all()  # clip 7 has no audio
     assert batch["label"].tolist() == [1, 2] and batch["clip_id"] == ["7", "8"]
     raw = store["8"]
     idx = frame_indices(10, 6, None)
