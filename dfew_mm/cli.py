@@ -543,7 +543,7 @@ def _add_demo(sub) -> None:
     from dfew_mm import demo
 
     p = _parser(sub, "demo", "End to end on synthetic data: synth -> extract -> train (video, pose, audio, "
-                "video+pose+audio) -> evaluate under darkening -> low-light report. About 5 minutes on 2 CPU cores.",
+                "video+pose+audio) -> evaluate under darkening -> low-light report. About 3 minutes on 2 idle CPU cores.",
                 "dfew_mm demo", "dfew_mm demo --out /tmp/demo --assets-dir ../shared/assets/mediapipe --seed 1")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo); reruns resume")
     p.add_argument("--assets-dir", type=Path, help="folder with the MediaPipe model files (or set DFEW_MM_ASSETS)")
