@@ -143,6 +143,10 @@ def test_tiny_config_learns_the_synthetic_dataset(synth_store, synth_root, tmp_p
     result = json.loads((run / "test_metrics.json").read_text())
     # 7 classes: chance is 14%; the synthetic cues are learnable from pose and audio alone.
     assert result["best"]["war"] >= 0.4 or result["last"]["war"] >= 0.4, result
+    # best.pt: the highest validation UAR, a tie going to the lower validation cross-entropy, then the earlier
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    chosen = max(epochs, key=lambda e: (e["val_uar"], -e["val_nll"], -e["epoch"]))
+    assert result["best"]["epoch"] == chosen["epoch"] == epochs[-1]["best_epoch"]
 
 
 def test_cli_stop_after_and_resume_finish_a_run(store, tmp_path, capsys):
