@@ -2,8 +2,9 @@
 honest model selection on a validation split carved from the training fold, exact resume.
 
 Run directory (`train.out_dir`): config.yaml, environment.json, metrics.jsonl, tb/, last.pt,
-best.pt (highest validation UAR), test_metrics.json and test_predictions.csv (test fold, best and
-last, written at the end) and excluded_clips.csv when `data.allow_missing` left clips out; with
+best.pt (highest validation UAR, a tie to the lower validation cross-entropy), test_metrics.json and
+test_predictions.csv (test fold, best and last, written at the end) and excluded_clips.csv when
+`data.allow_missing` left clips out; with
 `test_every_epoch`, also TEST_BY_EPOCH (the test fold after every epoch, for `cv --best-test-epoch`).
 """
 
